@@ -1,0 +1,274 @@
+"""The ``avssl`` command line: one entry point, one sub-command per job."""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import time
+from typing import List, Optional
+
+log = logging.getLogger("avssl")
+
+
+def _setup_logging(verbose: bool) -> None:
+    from rich.logging import RichHandler
+
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(message)s",
+        datefmt="[%X]",
+        handlers=[RichHandler(show_path=False, rich_tracebacks=False)],
+    )
+
+
+# -- synth ---------------------------------------------------------------------------------------
+def _add_synth(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("synth", help="write the synthetic audio-visual corpus (folder-per-class mp4 + CSV + splits)")
+    p.add_argument("out_dir")
+    p.add_argument("--classes", type=int, default=10)
+    p.add_argument("--per-class", type=int, default=40)
+    p.add_argument("--seconds", type=float, default=4.0)
+    p.add_argument("--size", type=int, default=128)
+    p.add_argument("--fps", type=int, default=25)
+    p.add_argument("--audio-rate", type=int, default=16000)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--val-fraction", type=float, default=0.25)
+    p.add_argument("--workers", type=int, default=None)
+    p.set_defaults(func=_run_synth)
+
+
+def _run_synth(args: argparse.Namespace) -> int:
+    from avssl.data.synthetic import synthesize
+
+    summary = synthesize(
+        args.out_dir,
+        classes=args.classes,
+        per_class=args.per_class,
+        seconds=args.seconds,
+        size=args.size,
+        fps=args.fps,
+        audio_rate=args.audio_rate,
+        seed=args.seed,
+        val_fraction=args.val_fraction,
+        workers=args.workers,
+    )
+    _print_mapping("synthetic corpus", summary)
+    return 0
+
+
+# -- prep ----------------------------------------------------------------------------------------
+def _add_prep(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "prep",
+        help="probe, validate, resize, trim and extract audio from a corpus; write manifest.csv + prep_report.json",
+        description="avssl prep SRC_DIR OUT_DIR [options]  |  avssl prep --check DIR",
+    )
+    p.add_argument("src", help="source corpus folder (never modified)")
+    p.add_argument("out", nargs="?", help="output folder (not inside SRC)")
+    p.add_argument("--check", action="store_true", help="only probe SRC and report; write nothing")
+    p.add_argument("--report", default=None, help="with --check: also write the report JSON here")
+    p.add_argument("--short-side", type=int, default=256)
+    p.add_argument("--fps", type=float, default=None, help="re-time to this frame rate (default: keep)")
+    p.add_argument("--audio-rate", type=int, default=16000)
+    p.add_argument("--audio-format", choices=["wav", "flac", "none"], default="wav")
+    p.add_argument("--csv", default=None, help="Kinetics annotation CSV (label,youtube_id,time_start,time_end,split)")
+    p.add_argument("--workers", type=int, default=None)
+    p.add_argument("--no-reencode", action="store_true", help="probe and index only; keep the source files as they are")
+    p.add_argument("--audio-stats", action="store_true", help="compute per-frequency log-mel mean/std (audio_stats.json)")
+    p.set_defaults(func=_run_prep)
+
+
+def _run_prep(args: argparse.Namespace) -> int:
+    from avssl.data.prep import prepare, print_summary
+
+    if args.check:
+        report = prepare(args.src, None, check_only=True, workers=args.workers, report_path=args.report)
+    else:
+        if not args.out:
+            raise SystemExit("avssl prep: OUT_DIR is required unless --check is given")
+        report = prepare(
+            args.src,
+            args.out,
+            short_side=args.short_side,
+            fps=args.fps,
+            audio_rate=args.audio_rate,
+            audio_format=None if args.audio_format == "none" else args.audio_format,
+            csv=args.csv,
+            workers=args.workers,
+            reencode=not args.no_reencode,
+            audio_stats=args.audio_stats,
+        )
+    print_summary(report)
+    return 0
+
+
+# -- bench ---------------------------------------------------------------------------------------
+def _add_bench(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("bench", help="benchmarks, each measured side by side with a reference in the same run")
+    bsub = p.add_subparsers(dest="bench", required=True, metavar="{data,prep,models}")
+
+    d = bsub.add_parser("data", help="clips/s of decode+augment: avssl vs pytorchvideo's LabeledVideoDataset")
+    d.add_argument("--corpus", default=None, help="a corpus folder (default: generate one)")
+    d.add_argument("--videos", type=int, default=24)
+    d.add_argument("--clips", type=int, default=48, help="clips timed per setting")
+    d.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2])
+    d.add_argument("--out", default=None, help="write the rows as JSON here")
+    d.set_defaults(func=_run_bench_data)
+
+    pr = bsub.add_parser("prep", help="videos/s of avssl prep vs one ffmpeg process per file")
+    pr.add_argument("--videos", type=int, default=24)
+    pr.add_argument("--seconds", type=float, default=4.0)
+    pr.add_argument("--size", type=int, default=256)
+    pr.add_argument("--short-side", type=int, default=128)
+    pr.add_argument("--workers", type=int, default=None)
+    pr.add_argument("--out", default=None)
+    pr.set_defaults(func=_run_bench_prep)
+
+    m = bsub.add_parser("models", help="forward+backward time and memory: avssl vs torchvision/pytorchvideo builds")
+    m.add_argument("--names", nargs="+", default=None)
+    m.add_argument("--device", default="cuda" if _cuda() else "cpu")
+    m.add_argument("--batch", type=int, default=1)
+    m.add_argument("--frames", type=int, default=8)
+    m.add_argument("--size", type=int, default=112)
+    m.add_argument("--repeats", type=int, default=3)
+    m.add_argument("--out", default=None)
+    m.set_defaults(func=_run_bench_models)
+
+
+def _cuda() -> bool:
+    try:
+        import torch
+
+        return torch.cuda.is_available()
+    except Exception:  # noqa: BLE001
+        return False
+
+
+def _run_bench_data(args: argparse.Namespace) -> int:
+    from avssl.bench.data import run
+
+    run(corpus=args.corpus, n_videos=args.videos, n_clips=args.clips, workers=args.workers, out=args.out)
+    return 0
+
+
+def _run_bench_prep(args: argparse.Namespace) -> int:
+    from avssl.bench.prep import run
+
+    run(
+        n_videos=args.videos,
+        seconds=args.seconds,
+        size=args.size,
+        short_side=args.short_side,
+        workers=args.workers,
+        out=args.out,
+    )
+    return 0
+
+
+def _run_bench_models(args: argparse.Namespace) -> int:
+    from avssl.bench.models import run
+
+    run(
+        names=args.names,
+        device=args.device,
+        batch=args.batch,
+        frames=args.frames,
+        size=args.size,
+        repeats=args.repeats,
+        out=args.out,
+    )
+    return 0
+
+
+# -- demo ----------------------------------------------------------------------------------------
+def _add_demo(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("demo", help="the embedded default: synthesise a corpus, prepare it, benchmark the data path")
+    p.add_argument("--out", default="demo_out")
+    p.add_argument("--classes", type=int, default=10)
+    p.add_argument("--per-class", type=int, default=24)
+    p.add_argument("--seconds", type=float, default=4.0)
+    p.add_argument("--size", type=int, default=128)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--workers", type=int, default=None)
+    p.set_defaults(func=_run_demo)
+
+
+def _run_demo(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from avssl.bench.data import run as bench_data
+    from avssl.data.prep import prepare, print_summary
+    from avssl.data.synthetic import synthesize
+
+    console = Console()
+    t0 = time.perf_counter()
+    raw = os.path.join(args.out, "synthetic")
+    prepared = os.path.join(args.out, "prepared")
+    console.rule("1/3  synthesise the audio-visual corpus")
+    summary = synthesize(
+        raw,
+        classes=args.classes,
+        per_class=args.per_class,
+        seconds=args.seconds,
+        size=args.size,
+        seed=args.seed,
+        workers=args.workers,
+    )
+    _print_mapping("synthetic corpus", summary)
+    console.rule("2/3  prepare it (avssl prep)")
+    report = prepare(
+        os.path.join(raw, "videos"),
+        prepared,
+        short_side=min(112, args.size),
+        audio_rate=16000,
+        csv=os.path.join(raw, "annotations.csv"),
+        workers=args.workers,
+        audio_stats=True,
+    )
+    print_summary(report)
+    console.rule("3/3  data benchmark: decode + augment, avssl vs pytorchvideo")
+    bench_data(corpus=os.path.join(prepared, "manifest.csv"), n_clips=32, workers=[0, 2])
+    console.print(f"demo finished in {time.perf_counter() - t0:.1f} s; outputs under {args.out}/")
+    return 0
+
+
+# -- helpers -------------------------------------------------------------------------------------
+def _print_mapping(title: str, mapping: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title, show_header=False)
+    for k, v in mapping.items():
+        if isinstance(v, (dict, list)) and len(str(v)) > 80:
+            v = f"{type(v).__name__} of {len(v)}"
+        table.add_row(str(k), str(v))
+    Console().print(table)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="avssl", description="Self-supervised learning of video and audio representations."
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_synth(sub)
+    _add_prep(sub)
+    _add_bench(sub)
+    _add_demo(sub)
+    return parser
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _setup_logging(args.verbose)
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        log.error("interrupted")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,297 @@
+"""``VideoDataset``: clips of video (and their sound) from a manifest, a folder tree, a Kinetics CSV or
+UCF-101/HMDB-51 split files.
+
+Each item is a dict::
+
+    {"video": C×T×H×W float (V×C×T×H×W when several views are asked for),
+     "audio": 1×F×T' float (V×1×F×T') — absent when ``audio=False``,
+     "has_audio": bool, "label": int (−1 unlabelled), "index": int, "start": float seconds}
+
+A sample that fails to decode is logged once with its path, counted, and replaced by another item; the
+dataset raises only when failures exceed ``max_failure_fraction`` of the items tried.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, List, Optional, Sequence, Union
+
+import torch
+from torch.utils.data import Dataset
+
+from avssl.data import sampling
+from avssl.data.decoding import DecodeError, probe, read_clip
+from avssl.data import manifest as _manifest
+from avssl.data.manifest import ManifestRow
+
+log = logging.getLogger(__name__)
+
+Transform = Callable[[torch.Tensor], Union[torch.Tensor, List[torch.Tensor]]]
+
+
+def load_rows(source: Union[str, os.PathLike], video_root: Optional[str] = None) -> List[ManifestRow]:
+    """Rows of any supported corpus description, recognised by what ``source`` is.
+
+    * a directory: a folder-per-class tree;
+    * a ``.csv`` whose header has ``youtube_id``: a Kinetics annotation file (videos under
+      ``video_root``, default the CSV's folder); any other ``.csv``: an ``avssl prep`` manifest;
+    * a ``.txt``: UCF-101 (``trainlistNN``/``testlistNN``) or HMDB-51 (``*_splitN.txt``) split file.
+    """
+    path = os.fspath(source)
+    if os.path.isdir(path):
+        return _manifest.scan_folder(path)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"dataset source not found: {path}")
+    root = video_root or os.path.dirname(os.path.abspath(path))
+    if path.endswith(".csv"):
+        with open(path, newline="") as f:
+            header = f.readline()
+        if "youtube_id" in header:
+            return _manifest.read_kinetics_csv(path, root)
+        return _manifest.read_manifest(path)
+    if path.endswith(".txt"):
+        return _manifest.read_ucf_hmdb_splits(path, root)
+    raise ValueError(
+        f"cannot tell what {path} is: expected a folder, a manifest or Kinetics .csv, or a UCF/HMDB split .txt"
+    )
+
+
+class TooManyDecodeErrors(RuntimeError):
+    """More samples failed to decode than the configured fraction allows."""
+
+
+@dataclass
+class _FailureLog:
+    tried: int = 0
+    failed: int = 0
+
+
+class VideoDataset(Dataset):
+    """Clips of videos with their audio.
+
+    Args:
+        source: a ``manifest.csv`` (from ``avssl prep``), a folder-per-class tree (``{class}/*.mp4`` or
+            ``{split}/{class}/*.mp4``), a Kinetics CSV (``label,youtube_id,time_start,time_end,split``),
+            a UCF-101 ``trainlist``/``testlist`` file or an HMDB-51 split file, or a list of
+            :class:`~avssl.data.manifest.ManifestRow`.
+        video_root: where the videos of a CSV or split file live (defaults to the file's folder).
+        split: keep only rows of this split (``train``/``val``/``test``), when rows carry one.
+        num_frames: T, frames per clip.
+        clip_duration: seconds covered by a clip (default ``num_frames / 16``: 16 fps sampling).
+        sampling: ``"random"`` — one random window per view (training); ``"uniform"`` — ``num_clips``
+            evenly spaced windows (multi-view testing).
+        num_clips: temporal views per item (random windows, or the K uniform test clips).
+        video_transform: uint8 T×H×W×3 -> float C×T×H×W (or a list of crops, e.g. three-crop);
+            default: the standard train (``sampling="random"``) or test pipeline at ``crop_size``.
+        crop_size: spatial size of the default pipelines.
+        audio: decode audio too.
+        audio_rate, audio_duration: waveform rate and seconds of audio per clip (default: the clip's
+            duration); the audio window is centred on the video window.
+        audio_transform: waveform 1×S -> spectrogram 1×F×T' (default: log-mel at ``audio_rate``).
+        max_av_offset: when > 0, each view's audio window is shifted by a random offset of up to this
+            many seconds with probability ``av_offset_prob`` (audio-visual sync tasks); ``"av_in_sync"``
+            is then returned per view.
+        max_failure_fraction: raise :class:`TooManyDecodeErrors` when more than this fraction of the
+            tried samples failed (checked after ``min_failures_before_stop`` failures).
+        seed: seeds the per-item random draws (with the item index and an epoch set by
+            :meth:`set_epoch`), so runs are reproducible whatever the number of workers.
+    """
+
+    def __init__(
+        self,
+        source: Union[str, os.PathLike, Sequence[ManifestRow]],
+        *,
+        video_root: Optional[str] = None,
+        split: Optional[str] = None,
+        num_frames: int = 8,
+        clip_duration: Optional[float] = None,
+        sampling: str = "random",
+        num_clips: int = 1,
+        video_transform: Optional[Transform] = None,
+        crop_size: int = 112,
+        audio: bool = True,
+        audio_rate: int = 16000,
+        audio_duration: Optional[float] = None,
+        audio_transform: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
+        max_av_offset: float = 0.0,
+        av_offset_prob: float = 0.5,
+        max_failure_fraction: float = 0.1,
+        min_failures_before_stop: int = 5,
+        backend: str = "decord",
+        seed: int = 0,
+    ) -> None:
+        if sampling not in ("random", "uniform"):
+            raise ValueError(f"sampling must be 'random' or 'uniform', got {sampling!r}")
+        if num_clips < 1:
+            raise ValueError(f"num_clips must be >= 1, got {num_clips}")
+        rows = list(source) if isinstance(source, (list, tuple)) else load_rows(source, video_root=video_root)
+        if split is not None:
+            rows = [r for r in rows if r.split == split]
+        if not rows:
+            raise ValueError(f"no videos found in {source!r}" + (f" for split {split!r}" if split else ""))
+        self.rows: List[ManifestRow] = rows
+        self.num_frames = num_frames
+        self.clip_duration = clip_duration if clip_duration is not None else num_frames / 16.0
+        self.sampling = sampling
+        self.num_clips = num_clips
+        self.train = sampling == "random"
+        if video_transform is None:
+            from avssl.data.transforms import build_video_transform
+
+            video_transform = build_video_transform(train=self.train, crop_size=crop_size)
+        self.video_transform = video_transform
+        self.audio = audio
+        self.audio_rate = audio_rate
+        self.audio_duration = audio_duration if audio_duration is not None else self.clip_duration
+        if audio and audio_transform is None:
+            from avssl.data.audio import build_audio_transform
+
+            audio_transform = build_audio_transform("logmel", train=self.train, sample_rate=audio_rate)
+        self.audio_transform = audio_transform
+        self.max_av_offset = max_av_offset
+        self.av_offset_prob = av_offset_prob
+        self.max_failure_fraction = max_failure_fraction
+        self.min_failures_before_stop = min_failures_before_stop
+        self.backend = backend
+        self.seed = seed
+        self.epoch = 0
+        self._failures = _FailureLog()
+        self._bad: set[int] = set()
+        self._info: Dict[int, Dict[str, Any]] = {}
+        self.classes = sorted({r.label for r in rows if r.label}) or []
+
+    # -- bookkeeping ---------------------------------------------------------------------------
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Change the random draws from one epoch to the next (call before each epoch)."""
+        self.epoch = epoch
+
+    @property
+    def num_failures(self) -> int:
+        """Samples that failed to decode so far (in this process)."""
+        return self._failures.failed
+
+    @property
+    def labels(self) -> List[int]:
+        return [r.label_index for r in self.rows]
+
+    def _generator(self, index: int, attempt: int) -> torch.Generator:
+        g = torch.Generator()
+        # Mixing constants keep (seed, epoch, index, attempt) tuples from colliding.
+        g.manual_seed((self.seed * 1_000_003 + self.epoch * 7_919 + index * 104_729 + attempt) % (2**63 - 1))
+        return g
+
+    def _probe(self, index: int) -> Dict[str, Any]:
+        info = self._info.get(index)
+        if info is None:
+            row = self.rows[index]
+            if row.duration is not None and row.fps is not None and row.has_audio is not None:
+                info = {"duration": row.duration, "fps": row.fps, "has_audio": row.has_audio, "start_time": 0.0}
+                if row.start is not None and row.end is not None:
+                    info = probe(row.path)  # trimmed-in-place windows need the real timeline
+            else:
+                info = probe(row.path)
+            self._info[index] = info
+        return info
+
+    # -- items ---------------------------------------------------------------------------------
+    def __getitem__(self, index: int) -> Dict[str, Any]:
+        n = len(self.rows)
+        attempt = 0
+        current = index
+        while True:
+            self._failures.tried += 1
+            try:
+                if current in self._bad:
+                    raise DecodeError(self.rows[current].path, "failed before")
+                item = self._load(current, self._generator(index, attempt))
+                item["index"] = current
+                return item
+            except DecodeError as e:
+                if current not in self._bad:
+                    self._bad.add(current)
+                    log.warning("skipping unreadable sample %d (%s): %s", current, e.path, e.reason)
+                self._failures.failed += 1
+                f = self._failures
+                if len(self._bad) >= n or (
+                    f.failed >= self.min_failures_before_stop and f.failed > self.max_failure_fraction * f.tried
+                ):
+                    raise TooManyDecodeErrors(
+                        f"{len(self._bad)} unreadable videos; {f.failed} of {f.tried} samples tried failed "
+                        f"(more than max_failure_fraction={self.max_failure_fraction}). Last: {e}. "
+                        "Run `avssl prep --check` on the corpus to list the bad files."
+                    ) from None
+                attempt += 1
+                g = self._generator(index, attempt)
+                current = int(torch.randint(n, (1,), generator=g))
+
+    def _window_starts(self, duration: float, g: torch.Generator) -> List[float]:
+        if self.sampling == "uniform":
+            return list(sampling.uniform_clips(duration, self.clip_duration, self.num_clips))
+        return [float(sampling.random_clip(duration, self.clip_duration, g)) for _ in range(self.num_clips)]
+
+    def _load(self, index: int, g: torch.Generator) -> Dict[str, Any]:
+        row = self.rows[index]
+        info = self._probe(index)
+        offset = float(row.start or 0.0)
+        duration = float(info["duration"]) - offset
+        if row.end is not None:
+            duration = min(duration, float(row.end) - offset)
+        videos: List[torch.Tensor] = []
+        audios: List[torch.Tensor] = []
+        in_sync: List[bool] = []
+        has_audio = bool(info.get("has_audio")) and self.audio
+        for start in self._window_starts(duration, g):
+            a_start = None
+            synced = True
+            if has_audio:
+                centre = start + self.clip_duration / 2
+                a_start = max(0.0, centre - self.audio_duration / 2)
+                if self.max_av_offset > 0:
+                    synced = bool(torch.rand((), generator=g) >= self.av_offset_prob)
+                    a_start, _ = sampling.av_offset(
+                        a_start, self.audio_duration, duration, self.max_av_offset, in_sync=synced, generator=g
+                    )
+                a_start += offset
+            clip = read_clip(
+                row.path,
+                start=start + offset,
+                duration=self.clip_duration,
+                num_frames=self.num_frames,
+                audio=False,
+                backend=self.backend,
+                info=info,
+            )
+            view = self.video_transform(clip.video)
+            views = list(view) if isinstance(view, (list, tuple)) else [view]
+            videos.extend(views)
+            if self.audio:
+                wave = self._read_audio(row.path, a_start, info) if has_audio else None
+                if wave is None:
+                    wave = torch.zeros(1, int(round(self.audio_duration * self.audio_rate)))
+                spec = self.audio_transform(wave) if self.audio_transform is not None else wave
+                audios.extend([spec] * len(views))
+                in_sync.extend([synced] * len(views))
+        item: Dict[str, Any] = {
+            "video": videos[0] if len(videos) == 1 else torch.stack(videos),
+            "label": int(row.label_index if row.label_index is not None else -1),
+            "start": float(clip.start),
+        }
+        if self.audio:
+            item["audio"] = audios[0] if len(audios) == 1 else torch.stack(audios)
+            item["has_audio"] = has_audio
+            if self.max_av_offset > 0:
+                item["av_in_sync"] = torch.tensor(in_sync if len(in_sync) > 1 else in_sync[0])
+        return item
+
+    def _read_audio(self, path: str, start: Optional[float], info: Dict[str, Any]) -> Optional[torch.Tensor]:
+        from avssl.data.decoding import read_audio
+
+        origin = float(info.get("start_time", 0.0))
+        return read_audio(path, (start or 0.0) + origin, self.audio_duration, self.audio_rate)
+
+
+__all__ = ["VideoDataset", "TooManyDecodeErrors"]
