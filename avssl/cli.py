@@ -103,6 +103,44 @@ def _run_prep(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- pretrain / finetune ------------------------------------------------------------------------
+def _add_train(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("pretrain", help="train a method from a config (YAML + key=value overrides)")
+    p.add_argument("config")
+    p.add_argument("overrides", nargs="*", help="dotted key=value pairs, e.g. optim.lr=0.1")
+    p.add_argument("--no-resume", action="store_true", help="start afresh even if OUTPUT_DIR/checkpoints/last.ckpt exists")
+    p.set_defaults(func=_run_pretrain)
+
+    f = sub.add_parser("finetune", help="fine-tune a pretrained encoder with a classifier (supervised)")
+    f.add_argument("config")
+    f.add_argument("overrides", nargs="*")
+    f.add_argument("--checkpoint", required=True, help="pretraining checkpoint whose encoder initialises the model")
+    f.add_argument("--no-resume", action="store_true")
+    f.set_defaults(func=_run_finetune)
+
+
+def _run_pretrain(args: argparse.Namespace) -> int:
+    from avssl.config import load_config
+    from avssl.runner import fit
+
+    cfg = load_config(args.config, args.overrides)
+    last = fit(cfg, resume=not args.no_resume)
+    log.info("checkpoint: %s", last)
+    return 0
+
+
+def _run_finetune(args: argparse.Namespace) -> int:
+    from avssl.config import load_config
+    from avssl.runner import fit
+
+    cfg = load_config(args.config, [*args.overrides, f"method.init_checkpoint={args.checkpoint}"])
+    if cfg.method.name != "supervised":
+        raise SystemExit(f"avssl finetune: the config's method must be 'supervised', not {cfg.method.name!r}")
+    last = fit(cfg, resume=not args.no_resume)
+    log.info("checkpoint: %s", last)
+    return 0
+
+
 # -- bench ---------------------------------------------------------------------------------------
 def _add_bench(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("bench", help="benchmarks, each measured side by side with a reference in the same run")
@@ -254,6 +292,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     _add_synth(sub)
     _add_prep(sub)
+    _add_train(sub)
     _add_bench(sub)
     _add_demo(sub)
     return parser
@@ -263,8 +302,14 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     _setup_logging(args.verbose)
+    from avssl.config import ConfigError
+    from avssl.errors import NonFiniteLossError
+
     try:
         return int(args.func(args) or 0)
+    except (ConfigError, NonFiniteLossError) as e:
+        log.error("%s", e)
+        return 2
     except KeyboardInterrupt:
         log.error("interrupted")
         return 130

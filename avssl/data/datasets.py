@@ -5,7 +5,8 @@ Each item is a dict::
 
     {"video": C×T×H×W float (V×C×T×H×W when several views are asked for),
      "audio": 1×F×T' float (V×1×F×T') — absent when ``audio=False``,
-     "has_audio": bool, "label": int (−1 unlabelled), "index": int, "start": float seconds}
+     "has_audio": bool, "label": int (−1 unlabelled), "index": int,
+     "start": float seconds (a float64 tensor V with several views)}
 
 A sample that fails to decode is logged once with its path, counted, and replaced by another item; the
 dataset raises only when failures exceed ``max_failure_fraction`` of the items tried.
@@ -33,13 +34,16 @@ Transform = Callable[[torch.Tensor], Union[torch.Tensor, List[torch.Tensor]]]
 def load_rows(source: Union[str, os.PathLike], video_root: Optional[str] = None) -> List[ManifestRow]:
     """Rows of any supported corpus description, recognised by what ``source`` is.
 
-    * a directory: a folder-per-class tree;
+    * a directory: a folder-per-class tree, or a folder of UCF-101/HMDB-51 split files (fold 1);
     * a ``.csv`` whose header has ``youtube_id``: a Kinetics annotation file (videos under
       ``video_root``, default the CSV's folder); any other ``.csv``: an ``avssl prep`` manifest;
     * a ``.txt``: UCF-101 (``trainlistNN``/``testlistNN``) or HMDB-51 (``*_splitN.txt``) split file.
     """
     path = os.fspath(source)
     if os.path.isdir(path):
+        names = [n for n in os.listdir(path) if not n.startswith(".")]
+        if names and all(n.endswith(".txt") for n in names):  # a folder of UCF/HMDB split files
+            return _manifest.read_ucf_hmdb_splits(path, video_root or os.path.dirname(os.path.abspath(path)))
         return _manifest.scan_folder(path)
     if not os.path.exists(path):
         raise FileNotFoundError(f"dataset source not found: {path}")
@@ -55,6 +59,17 @@ def load_rows(source: Union[str, os.PathLike], video_root: Optional[str] = None)
     raise ValueError(
         f"cannot tell what {path} is: expected a folder, a manifest or Kinetics .csv, or a UCF/HMDB split .txt"
     )
+
+
+def _takes_generator(fn: Any) -> bool:
+    import inspect
+
+    if isinstance(fn, torch.nn.Module):
+        fn = fn.forward
+    try:
+        return "generator" in inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return False
 
 
 class TooManyDecodeErrors(RuntimeError):
@@ -149,6 +164,10 @@ class VideoDataset(Dataset):
 
             audio_transform = build_audio_transform("logmel", train=self.train, sample_rate=audio_rate)
         self.audio_transform = audio_transform
+        # avssl's transforms draw from the per-item generator, so items are reproducible; plain callables
+        # (user transforms) are called without it.
+        self._video_g = _takes_generator(video_transform)
+        self._audio_g = audio_transform is not None and _takes_generator(audio_transform)
         self.max_av_offset = max_av_offset
         self.av_offset_prob = av_offset_prob
         self.max_failure_fraction = max_failure_fraction
@@ -243,6 +262,7 @@ class VideoDataset(Dataset):
         videos: List[torch.Tensor] = []
         audios: List[torch.Tensor] = []
         in_sync: List[bool] = []
+        starts: List[float] = []
         has_audio = bool(info.get("has_audio")) and self.audio
         for start in self._window_starts(duration, g):
             a_start = None
@@ -265,20 +285,26 @@ class VideoDataset(Dataset):
                 backend=self.backend,
                 info=info,
             )
-            view = self.video_transform(clip.video)
+            view = self.video_transform(clip.video, generator=g) if self._video_g else self.video_transform(clip.video)
             views = list(view) if isinstance(view, (list, tuple)) else [view]
             videos.extend(views)
+            starts.extend([clip.start - offset] * len(views))
             if self.audio:
                 wave = self._read_audio(row.path, a_start, info) if has_audio else None
                 if wave is None:
                     wave = torch.zeros(1, int(round(self.audio_duration * self.audio_rate)))
-                spec = self.audio_transform(wave) if self.audio_transform is not None else wave
+                if self.audio_transform is None:
+                    spec = wave
+                elif self._audio_g:
+                    spec = self.audio_transform(wave, generator=g)
+                else:
+                    spec = self.audio_transform(wave)
                 audios.extend([spec] * len(views))
                 in_sync.extend([synced] * len(views))
         item: Dict[str, Any] = {
             "video": videos[0] if len(videos) == 1 else torch.stack(videos),
             "label": int(row.label_index if row.label_index is not None else -1),
-            "start": float(clip.start),
+            "start": starts[0] if len(starts) == 1 else torch.tensor(starts, dtype=torch.float64),
         }
         if self.audio:
             item["audio"] = audios[0] if len(audios) == 1 else torch.stack(audios)

@@ -1,0 +1,161 @@
+"""LightningDataModule over :class:`~avssl.data.VideoDataset`, built from a config's ``data`` section.
+
+Samplers are built here rather than by Lightning: a ``DistributedSampler`` seeded with the run's seed
+splits each epoch's shuffled order across ranks (every video once per epoch over all ranks), and
+``set_epoch`` reshuffles, so a resumed run sees the same order an uninterrupted one would have.
+"""
+from __future__ import annotations
+
+from typing import Any, Dict, Iterator, List, Optional, Sequence
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader, DistributedSampler, IterableDataset, get_worker_info
+
+from avssl.data.datasets import VideoDataset
+
+
+def _audio_transform(d: Any, train: bool):
+    from avssl.data.audio import build_audio_transform
+
+    return build_audio_transform(d.audio_features, train=train, sample_rate=d.audio_rate)
+
+
+def _video_transform(d: Any, train: bool, crops: int = 1):
+    from avssl.data.transforms import build_video_transform
+
+    kw: Dict[str, Any] = {"train": train, "crop_size": d.crop_size}
+    if train and d.min_short_side:
+        kw["min_scale"] = d.min_short_side
+    if train and d.max_short_side:
+        kw["max_scale"] = d.max_short_side
+    if not train:
+        kw["test_crops"] = crops
+    return build_video_transform(**kw)
+
+
+def make_dataset(cfg: Any, split: str, train: bool, needs_audio: bool, source: Optional[str] = None) -> VideoDataset:
+    """A VideoDataset for ``split`` from ``cfg.data``: random clips when ``train``, else the test views."""
+    d = cfg.data
+    src = source or (d.train if train else (d.val or d.train))
+    if src is None:
+        raise ValueError("data.train is not set: point it at a manifest.csv, a folder tree, a Kinetics CSV or a split file")
+    wanted_split = d.train_split if train else d.val_split
+    return VideoDataset(
+        src,
+        video_root=d.video_root,
+        split=wanted_split or None,
+        num_frames=d.num_frames,
+        clip_duration=d.num_frames / d.fps,
+        sampling="random" if train else "uniform",
+        num_clips=d.views if train else d.test_clips,
+        video_transform=_video_transform(d, train, 1 if train else d.test_crops),
+        crop_size=d.crop_size,
+        audio=needs_audio,
+        audio_rate=d.audio_rate,
+        audio_duration=d.audio_seconds,
+        audio_transform=_audio_transform(d, train) if needs_audio else None,
+        max_av_offset=d.max_av_offset if train else 0.0,
+        max_failure_fraction=d.max_failure_fraction,
+        backend=d.backend,
+        seed=cfg.seed,
+    )
+
+
+class VideoDataModule(L.LightningDataModule):
+    """Train and validation loaders for a method (``modalities`` says whether audio is decoded)."""
+
+    def __init__(self, cfg: Any, modalities: Sequence[str] = ("video",)) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.needs_audio = "audio" in modalities
+        self.train_set: Optional[VideoDataset] = None
+        self.val_set: Optional[VideoDataset] = None
+        self._train_sampler: Optional[DistributedSampler] = None
+
+    def _world(self) -> tuple[int, int]:
+        t = self.trainer
+        if t is not None:
+            return t.global_rank, t.world_size
+        return 0, 1
+
+    def setup(self, stage: Optional[str] = None) -> None:
+        if self.train_set is None:
+            self.train_set = make_dataset(self.cfg, "train", train=True, needs_audio=self.needs_audio)
+        if self.val_set is None and (self.cfg.data.val or self.cfg.data.val_split):
+            try:
+                self.val_set = make_dataset(self.cfg, "val", train=False, needs_audio=self.needs_audio)
+            except ValueError:
+                self.val_set = None  # no rows for the validation split: train without validation
+
+    @property
+    def num_classes(self) -> int:
+        ds = self.train_set or make_dataset(self.cfg, "train", train=True, needs_audio=False)
+        return max(ds.labels) + 1
+
+    def set_epoch(self, epoch: int) -> None:
+        if self.train_set is not None:
+            self.train_set.set_epoch(epoch)
+        if self._train_sampler is not None:
+            self._train_sampler.set_epoch(epoch)
+
+    def _loader(self, ds: VideoDataset, train: bool) -> DataLoader:
+        rank, world = self._world()
+        d = self.cfg.data
+        sampler = DistributedSampler(ds, num_replicas=world, rank=rank, shuffle=train, seed=self.cfg.seed, drop_last=train)
+        if train:
+            self._train_sampler = sampler
+        return DataLoader(
+            ds,
+            batch_size=d.batch_size,
+            sampler=sampler,
+            num_workers=d.num_workers,
+            drop_last=train,
+            pin_memory=torch.cuda.is_available(),
+            persistent_workers=False,  # workers re-created each epoch pick up the dataset's new epoch
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        assert self.train_set is not None
+        return self._loader(self.train_set, train=True)
+
+    def val_dataloader(self) -> Any:
+        if self.val_set is None:
+            return []
+        return self._loader(self.val_set, train=False)
+
+
+class ShardedIterable(IterableDataset):
+    """An IterableDataset over ``dataset`` in which every item is yielded once across all ranks and
+    loader workers: item ``i`` goes to shard ``i mod (world·workers)``.
+
+    Use it for streaming corpora; ``VideoDataModule`` itself uses map-style datasets with a
+    distributed sampler.
+    """
+
+    def __init__(self, dataset: Any, rank: int = 0, world_size: int = 1, shuffle: bool = False, seed: int = 0) -> None:
+        self.dataset = dataset
+        self.rank = rank
+        self.world_size = world_size
+        self.shuffle = shuffle
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def shard_indices(self, worker_id: int = 0, num_workers: int = 1) -> List[int]:
+        n = len(self.dataset)
+        order = list(range(n))
+        if self.shuffle:
+            g = torch.Generator().manual_seed(self.seed + self.epoch)
+            order = torch.randperm(n, generator=g).tolist()
+        shards = self.world_size * num_workers
+        shard = self.rank * num_workers + worker_id
+        return order[shard::shards]
+
+    def __iter__(self) -> Iterator[Any]:
+        info = get_worker_info()
+        wid, nw = (info.id, info.num_workers) if info is not None else (0, 1)
+        for i in self.shard_indices(wid, nw):
+            yield self.dataset[i]

@@ -1,0 +1,228 @@
+"""Training engine: PyTorch Lightning's Trainer, set up from a config.
+
+Lightning gives devices and nodes (DDP; torchrun and SLURM launches are detected), precision, gradient
+accumulation and clipping, and checkpoint/resume. This module adds what the methods share: optimisers
+(SGD, AdamW, LARS) with parameter groups that exempt biases and norms from weight decay, a per-step
+warm-up + cosine learning-rate schedule, atomic checkpoint writes, and the trainer assembly.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import os
+from typing import Any, Dict, Iterable, List, Optional, Tuple
+
+import torch
+import torch.nn as nn
+from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+from lightning.pytorch import Trainer
+from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint
+
+from avssl.errors import NonFiniteLossError  # noqa: F401  (re-exported)
+
+log = logging.getLogger(__name__)
+
+
+# -- optimisers ----------------------------------------------------------------------------------
+class LARS(torch.optim.Optimizer):
+    """SGD with momentum and layer-wise adaptive rate scaling (You et al., 2017), as used by BYOL/SimCLR.
+
+    For each parameter with ``lars_adapt`` (its group's flag), the update is scaled by the trust ratio
+    ``eta·‖w‖ / (‖g‖ + wd·‖w‖)`` after weight decay is added to the gradient.
+    """
+
+    def __init__(self, params: Iterable[Any], lr: float, momentum: float = 0.9, weight_decay: float = 0.0, eta: float = 0.001) -> None:
+        defaults = dict(lr=lr, momentum=momentum, weight_decay=weight_decay, eta=eta, lars_adapt=True)
+        super().__init__(params, defaults)
+
+    @torch.no_grad()
+    def step(self, closure=None):  # type: ignore[override]
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                g = p.grad
+                if group["weight_decay"]:
+                    g = g.add(p, alpha=group["weight_decay"])
+                if group["lars_adapt"]:
+                    w_norm, g_norm = torch.norm(p), torch.norm(g)
+                    trust = torch.where(
+                        (w_norm > 0) & (g_norm > 0), group["eta"] * w_norm / g_norm, torch.ones_like(w_norm)
+                    )
+                    g = g.mul(trust)
+                state = self.state[p]
+                buf = state.get("momentum_buffer")
+                if buf is None:
+                    buf = state["momentum_buffer"] = torch.clone(g).detach()
+                else:
+                    buf.mul_(group["momentum"]).add_(g)
+                p.add_(buf, alpha=-group["lr"])
+        return loss
+
+
+def param_groups(modules: nn.Module, weight_decay: float, exclude_bias_and_norm: bool = True) -> List[Dict[str, Any]]:
+    """Two groups: weights with decay, and biases/norm parameters without (nor LARS adaptation)."""
+    decay, no_decay = [], []
+    for name, p in modules.named_parameters():
+        if not p.requires_grad:
+            continue
+        if exclude_bias_and_norm and (p.ndim <= 1 or name.endswith(".bias")):
+            no_decay.append(p)
+        else:
+            decay.append(p)
+    groups = [{"params": decay, "weight_decay": weight_decay}]
+    if no_decay:
+        groups.append({"params": no_decay, "weight_decay": 0.0, "lars_adapt": False})
+    return groups
+
+
+def build_optimizer(model: nn.Module, cfg: Any, lr: Optional[float] = None) -> torch.optim.Optimizer:
+    """SGD, AdamW or LARS over ``model``'s trainable parameters, from an ``OptimConfig``."""
+    lr = cfg.lr if lr is None else lr
+    groups = param_groups(model, cfg.weight_decay, cfg.exclude_bias_and_norm)
+    name = cfg.name.lower()
+    if name == "sgd":
+        for g in groups:
+            g.pop("lars_adapt", None)
+        return torch.optim.SGD(groups, lr=lr, momentum=cfg.momentum, nesterov=cfg.nesterov)
+    if name == "adamw":
+        for g in groups:
+            g.pop("lars_adapt", None)
+        return torch.optim.AdamW(groups, lr=lr, betas=tuple(cfg.betas))
+    if name == "lars":
+        return LARS(groups, lr=lr, momentum=cfg.momentum, eta=cfg.lars_eta)
+    raise ValueError(f"unknown optimizer {cfg.name!r}; choose sgd, adamw or lars")
+
+
+def warmup_cosine(step: int, total_steps: int, warmup_steps: int, start_factor: float = 0.01, min_factor: float = 0.0) -> float:
+    """LR multiplier at ``step``: linear warm-up from ``start_factor`` to 1, then cosine to ``min_factor``."""
+    if warmup_steps > 0 and step < warmup_steps:
+        return start_factor + (1.0 - start_factor) * step / warmup_steps
+    rest = max(1, total_steps - warmup_steps)
+    progress = min(1.0, (step - warmup_steps) / rest)
+    return min_factor + (1.0 - min_factor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, cfg: Any, total_steps: int, steps_per_epoch: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """A per-step LambdaLR: warm-up + cosine (``scheduler: cosine``) or warm-up + constant."""
+    warmup = int(round(cfg.warmup_epochs * steps_per_epoch))
+    min_factor = cfg.min_lr / cfg.lr if cfg.lr > 0 else 0.0
+    if cfg.scheduler == "cosine":
+        fn = lambda s: warmup_cosine(s, total_steps, warmup, cfg.warmup_start_factor, min_factor)  # noqa: E731
+    elif cfg.scheduler == "constant":
+        fn = lambda s: warmup_cosine(s, total_steps, warmup, cfg.warmup_start_factor, 1.0) if s < warmup else 1.0  # noqa: E731
+    else:
+        raise ValueError(f"unknown scheduler {cfg.scheduler!r}; choose cosine or constant")
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, fn)
+
+
+# -- checkpoints ---------------------------------------------------------------------------------
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Writes each checkpoint to a temporary file in the same folder, then renames it into place, so an
+    interrupted save never leaves a truncated ``last.ckpt``."""
+
+    def save_checkpoint(self, checkpoint: Dict[str, Any], path: Any, storage_options: Optional[Any] = None) -> None:
+        path = os.fspath(path)
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        tmp = f"{path}.tmp-{os.getpid()}"
+        try:
+            torch.save(checkpoint, tmp)
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+
+
+class EpochSetter(Callback):
+    """Tells datasets (and samplers) which epoch it is, so per-item random draws change between epochs
+    yet are reproducible after a resume."""
+
+    def on_train_epoch_start(self, trainer: Trainer, pl_module: Any) -> None:
+        dm = trainer.datamodule
+        if dm is not None and hasattr(dm, "set_epoch"):
+            dm.set_epoch(trainer.current_epoch)
+
+
+def build_trainer(
+    cfg: Any,
+    output_dir: Optional[str] = None,
+    callbacks: Optional[List[Callback]] = None,
+    monitor: Optional[str] = None,
+    mode: str = "min",
+    **overrides: Any,
+) -> Trainer:
+    """A ``lightning.Trainer`` from ``cfg.trainer``, logging to ``output_dir`` (TensorBoard + CSV),
+    saving ``last.ckpt`` (every epoch, and every ``checkpoint_every_n_steps``) and the best by the
+    method's monitored metric."""
+    from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+
+    t = cfg.trainer
+    output_dir = output_dir or cfg.output_dir
+    os.makedirs(output_dir, exist_ok=True)
+    loggers: List[Any] = [CSVLogger(output_dir, name="logs", version="")]
+    if t.tensorboard:
+        try:
+            loggers.append(TensorBoardLogger(output_dir, name="tb", version=""))
+        except ModuleNotFoundError:
+            log.info("tensorboard is not installed; logging to CSV only")
+    ckpt_dir = os.path.join(output_dir, "checkpoints")
+    cbs: List[Callback] = [
+        # last.ckpt for resuming, plus the best by the method's monitored metric.
+        ModelCheckpoint(
+            dirpath=ckpt_dir,
+            filename="best-epoch{epoch:03d}",
+            monitor=monitor,
+            mode=mode,
+            save_top_k=1 if monitor else 0,
+            save_last=True,
+            every_n_train_steps=t.checkpoint_every_n_steps or None,
+            auto_insert_metric_name=False,
+        ),
+        EpochSetter(),
+        LearningRateMonitor(logging_interval="step"),
+    ]
+    if t.progress_bar:
+        from lightning.pytorch.callbacks import RichProgressBar
+
+        cbs.append(RichProgressBar(leave=True))
+    cbs.extend(callbacks or [])
+    kwargs: Dict[str, Any] = dict(
+        max_epochs=t.max_epochs,
+        max_steps=t.max_steps,
+        accelerator=t.accelerator,
+        devices=t.devices,
+        num_nodes=t.num_nodes,
+        strategy=t.strategy,
+        precision=t.precision,
+        accumulate_grad_batches=t.accumulate_grad_batches,
+        gradient_clip_val=t.gradient_clip_val,
+        sync_batchnorm=t.sync_batchnorm and (t.num_nodes > 1 or _multi_device(t.devices)),
+        log_every_n_steps=t.log_every_n_steps,
+        check_val_every_n_epoch=t.check_val_every_n_epoch,
+        deterministic=t.deterministic,
+        enable_progress_bar=t.progress_bar,
+        logger=loggers,
+        callbacks=cbs,
+        default_root_dir=output_dir,
+        plugins=[AtomicCheckpointIO()],
+        use_distributed_sampler=False,  # the datamodule builds its own seeded, epoch-aware samplers
+        enable_model_summary=False,
+    )
+    if t.limit_train_batches is not None:
+        kwargs["limit_train_batches"] = t.limit_train_batches
+    if t.limit_val_batches is not None:
+        kwargs["limit_val_batches"] = t.limit_val_batches
+    kwargs.update(overrides)
+    return Trainer(**kwargs)
+
+
+def _multi_device(devices: Any) -> bool:
+    if isinstance(devices, int):
+        return devices > 1 or devices == -1
+    if isinstance(devices, (list, tuple)):
+        return len(devices) > 1
+    return str(devices) not in ("auto", "1")

@@ -1,0 +1,116 @@
+"""What every method shares: config, encoders by name, optimiser + schedule, NaN guard, RNG in checkpoints."""
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from typing import Any, Dict, Optional, Tuple
+
+import lightning as L
+import numpy as np
+import torch
+import torch.nn as nn
+
+from avssl.config import MethodConfig, to_dict
+from avssl.engine import NonFiniteLossError, build_optimizer, build_scheduler
+
+
+@dataclass
+class BaseMethodConfig(MethodConfig):
+    pass
+
+
+class Method(L.LightningModule):
+    """Base LightningModule of every method.
+
+    Subclasses set ``Config`` (a dataclass of the keys under ``method:``), build their encoders, heads
+    and losses in ``__init__``, and implement :meth:`compute_loss` (a dict with at least ``"loss"``).
+    ``modalities`` says what the batches must hold (``video``, ``audio``, ``label``).
+    """
+
+    Config = BaseMethodConfig
+    modalities: Tuple[str, ...] = ("video",)
+    monitor: Optional[str] = None  # metric that picks the "best" checkpoint
+    monitor_mode: str = "min"
+
+    def __init__(self, cfg: Any) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.save_hyperparameters({"config": to_dict(cfg)})
+
+    # -- building --------------------------------------------------------------------------------
+    @staticmethod
+    def make_encoder(enc_cfg: Any) -> nn.Module:
+        from avssl.models import build_encoder
+
+        if enc_cfg is None:
+            raise ValueError("this method needs an encoder here; set model.video / model.audio in the config")
+        return build_encoder(enc_cfg.name, **dict(enc_cfg.kwargs or {}))
+
+    def encoder_for(self, modality: str) -> nn.Module:
+        """The encoder evaluated for ``modality`` (``video`` or ``audio``)."""
+        enc = getattr(self, f"{modality}_encoder", None)
+        if enc is None:
+            raise ValueError(f"{type(self).__name__} has no {modality} encoder")
+        return enc
+
+    # -- training --------------------------------------------------------------------------------
+    def compute_loss(self, batch: Dict[str, Any]) -> Dict[str, torch.Tensor]:
+        raise NotImplementedError(f"{type(self).__name__} must implement compute_loss")
+
+    def training_step(self, batch: Dict[str, Any], batch_idx: int) -> torch.Tensor:
+        out = self.compute_loss(batch)
+        loss = out["loss"]
+        if not bool(torch.isfinite(loss.detach()).all()):
+            raise NonFiniteLossError(
+                f"the loss is {loss.detach().float().item()} at step {self.global_step} (epoch {self.current_epoch}, "
+                f"batch {batch_idx}); training stopped. The last good checkpoint is "
+                f"{self.cfg.output_dir}/checkpoints/last.ckpt. Try a lower optim.lr, trainer.gradient_clip_val, "
+                "or trainer.precision=32-true."
+            )
+        bsz = _batch_size(batch)
+        for key, value in out.items():
+            self.log(f"train/{key}", value.detach(), on_step=True, on_epoch=True, prog_bar=key == "loss", batch_size=bsz)
+        return loss
+
+    def configure_optimizers(self) -> Any:
+        o = self.cfg.optim
+        lr = o.lr
+        if o.base_batch_size:
+            world = self.trainer.world_size if self.trainer is not None else 1
+            lr = o.lr * self.cfg.data.batch_size * world * self.cfg.trainer.accumulate_grad_batches / o.base_batch_size
+        optimizer = build_optimizer(self, o, lr=lr)
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        epochs = max(1, self.trainer.max_epochs or 1)
+        scheduler = build_scheduler(optimizer, o, total_steps=total, steps_per_epoch=max(1, total // epochs))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    # -- reproducible resume -----------------------------------------------------------------------
+    def on_save_checkpoint(self, checkpoint: Dict[str, Any]) -> None:
+        checkpoint["avssl_rng"] = {
+            "torch": torch.get_rng_state(),
+            "numpy": np.random.get_state(),
+            "python": random.getstate(),
+        }
+
+    def on_load_checkpoint(self, checkpoint: Dict[str, Any]) -> None:
+        rng = checkpoint.get("avssl_rng")
+        if rng:
+            torch.set_rng_state(rng["torch"])
+            np.random.set_state(rng["numpy"])
+            random.setstate(rng["python"])
+
+
+def _batch_size(batch: Dict[str, Any]) -> int:
+    for key in ("video", "audio", "label"):
+        v = batch.get(key) if isinstance(batch, dict) else None
+        if isinstance(v, torch.Tensor):
+            return int(v.shape[0])
+    return 1
+
+
+def flatten_views(x: torch.Tensor, view_dims: int) -> Tuple[torch.Tensor, int]:
+    """B×V×... -> (B·V)×..., V (V = 1 when ``x`` has ``view_dims`` dims, i.e. no view axis)."""
+    if x.dim() == view_dims + 1:
+        b, v = x.shape[:2]
+        return x.flatten(0, 1), v
+    return x, 1

@@ -1,0 +1,101 @@
+"""Supervised training and fine-tuning: an encoder + a dropout/linear classifier, cross-entropy.
+
+Fine-tuning starts from a pretrained checkpoint (``init_checkpoint``), trains only the classifier for
+``classifier_warmup_epochs`` (so a random head does not wreck the pretrained features), then everything.
+Validation averages the softmax over the test views of each video (multi-view testing).
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any, Dict, Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from avssl.methods import METHODS
+from avssl.methods.base import BaseMethodConfig, Method, flatten_views
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class SupervisedConfig(BaseMethodConfig):
+    name: str = "supervised"
+    modality: str = "video"  # which encoder is trained: video or audio
+    dropout: float = 0.5
+    label_smoothing: float = 0.0
+    init_checkpoint: Optional[str] = None  # a pretraining checkpoint whose encoder initialises this one
+    classifier_warmup_epochs: int = 0  # train only the classifier for this many epochs first
+
+
+def load_encoder_weights(encoder: nn.Module, checkpoint: str, modality: str) -> None:
+    """Load ``{modality}_encoder.*`` weights of a method checkpoint into ``encoder`` (strict)."""
+    state = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    sd = state.get("state_dict", state)
+    prefix = f"{modality}_encoder."
+    sub = {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
+    if not sub:
+        raise ValueError(f"{checkpoint} holds no '{prefix}*' weights (keys start with: {sorted({k.split('.')[0] for k in sd})})")
+    encoder.load_state_dict(sub, strict=True)
+
+
+@METHODS.register("supervised")
+class Supervised(Method):
+    Config = SupervisedConfig
+    modalities = ("video", "label")
+    monitor = "val/top1"
+    monitor_mode = "max"
+
+    def __init__(self, cfg: Any) -> None:
+        super().__init__(cfg)
+        m = cfg.method
+        if cfg.num_classes is None:
+            raise ValueError("the supervised method needs num_classes (set it in the config or let the CLI read it from the data)")
+        self.modality = m.modality
+        self.modalities = (m.modality, "label")
+        enc_cfg = cfg.model.video if m.modality == "video" else cfg.model.audio
+        encoder = self.make_encoder(enc_cfg)
+        if m.init_checkpoint:
+            load_encoder_weights(encoder, m.init_checkpoint, m.modality)
+            log.info("initialised the %s encoder from %s", m.modality, m.init_checkpoint)
+        setattr(self, f"{m.modality}_encoder", encoder)
+        from avssl.models.heads import ClassificationHead
+
+        self.classifier = ClassificationHead(encoder.out_dim, cfg.num_classes, dropout=m.dropout)
+        self._view_dims = 5 if m.modality == "video" else 4
+
+    @property
+    def encoder(self) -> nn.Module:
+        return getattr(self, f"{self.modality}_encoder")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: B×C×T×H×W (video) or B×1×F×T (audio) -> B×num_classes logits."""
+        return self.classifier(self.encoder(x))
+
+    def on_train_epoch_start(self) -> None:
+        frozen = self.current_epoch < self.cfg.method.classifier_warmup_epochs
+        for p in self.encoder.parameters():
+            p.requires_grad_(not frozen)
+        # Frozen BN statistics during the classifier warm-up, as in linear evaluation.
+        self.encoder.train(not frozen)
+
+    def compute_loss(self, batch: Dict[str, Any]) -> Dict[str, torch.Tensor]:
+        x, views = flatten_views(batch[self.modality], self._view_dims)
+        labels = batch["label"].repeat_interleave(views)
+        logits = self(x)
+        loss = F.cross_entropy(logits.float(), labels, label_smoothing=self.cfg.method.label_smoothing)
+        acc = (logits.argmax(1) == labels).float().mean()
+        return {"loss": loss, "top1": acc}
+
+    def validation_step(self, batch: Dict[str, Any], batch_idx: int) -> None:
+        x, views = flatten_views(batch[self.modality], self._view_dims)
+        probs = self(x).float().softmax(1)
+        probs = probs.view(-1, views, probs.shape[1]).mean(1)  # multi-view: mean of softmax
+        labels = batch["label"]
+        top1 = (probs.argmax(1) == labels).float().mean()
+        k = min(5, probs.shape[1])
+        top5 = (probs.topk(k, dim=1).indices == labels[:, None]).any(1).float().mean()
+        self.log("val/top1", top1, prog_bar=True, sync_dist=True, batch_size=labels.shape[0])
+        self.log("val/top5", top5, sync_dist=True, batch_size=labels.shape[0])

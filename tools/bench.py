@@ -1,0 +1,8 @@
+#!/usr/bin/env python
+"""`python tools/bench.py ARGS` is `avssl bench ARGS`."""
+import sys
+
+from avssl.cli import main
+
+if __name__ == "__main__":
+    sys.exit(main(["bench", *sys.argv[1:]]))

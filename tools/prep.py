@@ -1,0 +1,8 @@
+#!/usr/bin/env python
+"""`python tools/prep.py ARGS` is `avssl prep ARGS`."""
+import sys
+
+from avssl.cli import main
+
+if __name__ == "__main__":
+    sys.exit(main(["prep", *sys.argv[1:]]))

@@ -1,0 +1,8 @@
+#!/usr/bin/env python
+"""`python tools/synth.py ARGS` is `avssl synth ARGS`."""
+import sys
+
+from avssl.cli import main
+
+if __name__ == "__main__":
+    sys.exit(main(["synth", *sys.argv[1:]]))
