@@ -1,0 +1,80 @@
+"""Engine pieces: LR schedule, LARS, parameter groups, atomic checkpoint writes."""
+from __future__ import annotations
+
+import math
+import os
+
+import pytest
+import torch
+import torch.nn as nn
+
+from avssl.config import load_config
+from avssl.engine import LARS, AtomicCheckpointIO, build_optimizer, param_groups, warmup_cosine
+
+
+def test_warmup_cosine_matches_the_formula():
+    total, warm = 100, 10
+    assert warmup_cosine(0, total, warm, start_factor=0.01) == pytest.approx(0.01)
+    assert warmup_cosine(5, total, warm, start_factor=0.01) == pytest.approx(0.01 + 0.99 * 0.5)
+    assert warmup_cosine(10, total, warm) == pytest.approx(1.0)
+    for s in (10, 37, 55, 99, 100):
+        want = 0.5 * (1 + math.cos(math.pi * (s - warm) / (total - warm)))
+        assert warmup_cosine(s, total, warm) == pytest.approx(want)
+    assert warmup_cosine(100, total, warm, min_factor=0.1) == pytest.approx(0.1)
+
+
+def test_param_groups_exempt_biases_and_norms():
+    m = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Linear(4, 2))
+    groups = param_groups(m, weight_decay=0.1)
+    decay = {id(p) for p in groups[0]["params"]}
+    assert decay == {id(m[0].weight), id(m[2].weight)}
+    assert groups[1]["weight_decay"] == 0.0 and len(groups[1]["params"]) == 4
+
+
+def test_lars_step_matches_the_update_rule():
+    torch.manual_seed(0)
+    w = torch.randn(5, 3, requires_grad=True)
+    g = torch.randn(5, 3)
+    w0 = w.detach().clone()
+    opt = LARS([w], lr=0.1, momentum=0.9, weight_decay=0.01, eta=0.02)
+    w.grad = g.clone()
+    opt.step()
+    d = g + 0.01 * w0
+    trust = 0.02 * w0.norm() / d.norm()
+    assert torch.allclose(w.detach(), w0 - 0.1 * trust * d, atol=1e-6)
+    # second step uses momentum: buf = 0.9·buf + trust·d
+    w1 = w.detach().clone()
+    w.grad = g.clone()
+    opt.step()
+    d2 = g + 0.01 * w1
+    buf = 0.9 * trust * d + 0.02 * w1.norm() / d2.norm() * d2
+    assert torch.allclose(w.detach(), w1 - 0.1 * buf, atol=1e-6)
+
+
+@pytest.mark.parametrize("name,cls", [("sgd", torch.optim.SGD), ("adamw", torch.optim.AdamW), ("lars", LARS)])
+def test_build_optimizer(name, cls):
+    cfg = load_config(overrides=[f"optim.name={name}", "optim.lr=0.3"])
+    opt = build_optimizer(nn.Linear(3, 2), cfg.optim)
+    assert isinstance(opt, cls) and opt.param_groups[0]["lr"] == 0.3
+    bad = load_config(overrides=["optim.name=rmsprop"])
+    with pytest.raises(ValueError, match="rmsprop"):
+        build_optimizer(nn.Linear(3, 2), bad.optim)
+
+
+def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
+    io = AtomicCheckpointIO()
+    path = tmp_path / "last.ckpt"
+    io.save_checkpoint({"a": torch.ones(2)}, path)
+    assert torch.load(path)["a"].sum() == 2
+
+    def crash(obj, f, *a, **k):
+        with open(f, "wb") as fh:
+            fh.write(b"partial")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", crash)
+    with pytest.raises(OSError):
+        io.save_checkpoint({"a": torch.zeros(2)}, path)
+    monkeypatch.undo()
+    assert torch.load(path)["a"].sum() == 2  # the previous checkpoint survived whole
+    assert os.listdir(tmp_path) == ["last.ckpt"]  # and no temp file is left
