@@ -35,6 +35,7 @@ def media_dir(tmp_path_factory):
     clicks.mp4: audio bursts at CLICK_TIMES
     truncated.mp4: first half of good.mp4 (index at the end, so it is lost)
     truncated_faststart.mp4: first half of a faststart copy (index survives, data does not)
+    ffmpeg.avi: MPEG-4 + MP3 in AVI written by the ffmpeg binary (UCF/HMDB-style container)
     text.mp4: a text file; empty.mp4: zero bytes; audio_only.m4a: AAC without video
     """
     d = tmp_path_factory.mktemp("media")
@@ -55,4 +56,5 @@ def media_dir(tmp_path_factory):
         f.write("this is not a video\n" * 20)
     open(p("empty.mp4"), "wb").close()
     media.write_audio_only(p("audio_only.m4a"))
+    media.write_avi_with_ffmpeg(p("ffmpeg.avi"))
     return d

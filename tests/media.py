@@ -140,3 +140,20 @@ def write_audio_only(path: str, seconds: float = 1.0, rate: int = 16000) -> str:
         container.mux(p)
     container.close()
     return path
+
+
+def write_avi_with_ffmpeg(path: str, seconds: float = 1.2, fps: int = 25) -> str:
+    """An AVI (MPEG-4 Part 2 + MP3) made by the ffmpeg command-line tool, whose header frame count
+    differs from the packets it holds, as in UCF-101/HMDB-51 files."""
+    import subprocess
+
+    import imageio_ffmpeg
+
+    subprocess.run(
+        [imageio_ffmpeg.get_ffmpeg_exe(), "-y", "-loglevel", "error",
+         "-f", "lavfi", "-i", f"testsrc=size=64x48:rate={fps}:duration={seconds}",
+         "-f", "lavfi", "-i", f"sine=frequency=440:duration={seconds}",
+         "-c:v", "mpeg4", "-c:a", "libmp3lame", path],
+        check=True,
+    )
+    return path

@@ -96,6 +96,15 @@ def test_odd_frame_size(media_dir, backend):
     assert codes(clip) == expected_codes(0.0, 2.0, 4, [i / 10 for i in range(20)])
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_ffmpeg_avi(media_dir, backend):
+    info = probe(media_dir / "ffmpeg.avi")
+    assert info["video_codec"] == "mpeg4" and info["has_audio"] and info["num_frames"] == 30
+    clip = read_clip(media_dir / "ffmpeg.avi", 0.0, 1.2, 6, audio_rate=16000, backend=backend)
+    assert clip.video.shape == (6, 48, 64, 3) and clip.audio.shape == (1, 19200)
+    assert clip.frame_times.tolist() == pytest.approx([0.08, 0.28, 0.48, 0.68, 0.88, 1.08], abs=1e-6)
+
+
 def test_audio_tone_rate_and_level(media_dir):
     clip = read_clip(media_dir / "good.mp4", start=1.0, duration=2.0, num_frames=2, audio_rate=16000)
     wave = clip.audio

@@ -207,10 +207,10 @@ class VideoDataset(Dataset):
         info = self._info.get(index)
         if info is None:
             row = self.rows[index]
-            if row.duration is not None and row.fps is not None and row.has_audio is not None:
+            start, _ = row.window_in_path()
+            if row.duration is not None and row.fps is not None and row.has_audio is not None and start is None:
+                # Prepared rows carry their probe; their files start at time 0.
                 info = {"duration": row.duration, "fps": row.fps, "has_audio": row.has_audio, "start_time": 0.0}
-                if row.start is not None and row.end is not None:
-                    info = probe(row.path)  # trimmed-in-place windows need the real timeline
             else:
                 info = probe(row.path)
             self._info[index] = info
@@ -255,10 +255,12 @@ class VideoDataset(Dataset):
     def _load(self, index: int, g: torch.Generator) -> Dict[str, Any]:
         row = self.rows[index]
         info = self._probe(index)
-        offset = float(row.start or 0.0)
+        # A row may stand for a window of an untrimmed file (Kinetics CSV times); clips stay inside it.
+        w_start, w_end = row.window_in_path()
+        offset = float(w_start or 0.0)
         duration = float(info["duration"]) - offset
-        if row.end is not None:
-            duration = min(duration, float(row.end) - offset)
+        if w_end is not None:
+            duration = min(duration, float(w_end) - offset)
         videos: List[torch.Tensor] = []
         audios: List[torch.Tensor] = []
         in_sync: List[bool] = []

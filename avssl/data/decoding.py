@@ -125,9 +125,11 @@ def probe(path: str | os.PathLike) -> Dict[str, Any]:
             counted = 0
             last_end = None
             for packet in container.demux(vs):
+                if packet.size == 0 and packet.pts is None:
+                    continue  # the demuxer's end-of-stream flush packet
+                counted += 1  # empty packets with a time (AVI "drop" entries) are frames the header counts
                 if packet.size == 0:
                     continue
-                counted += 1
                 if not first_frame_ok:
                     for _ in packet.decode():
                         first_frame_ok = True
@@ -150,9 +152,10 @@ def probe(path: str | os.PathLike) -> Dict[str, Any]:
                 pass
         if not first_frame_ok:
             raise DecodeError(path, "no video frame could be decoded")
-        if num_frames > counted:
+        # AVI headers written by ffmpeg count one frame more than they hold: allow that one.
+        if num_frames > counted + 1:
             raise DecodeError(path, f"truncated: the header lists {num_frames} frames, {counted} are present")
-        num_frames = num_frames or counted
+        num_frames = counted
         duration = _stream_duration(vs, container)
         start_time = float(vs.start_time * vs.time_base) if vs.start_time is not None else 0.0
         if last_end is not None:
