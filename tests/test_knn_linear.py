@@ -286,6 +286,8 @@ def test_extract_stage_features_and_pooling():
     assert set(out["features"]) == {"stem", "res2"}
     assert out["features"]["stem"].shape == (4, 4) and out["features"]["res2"].shape == (4, 6)
     assert out["meta"]["stages"] == ["stem", "res2"]
+    one = extract_features(enc, loader, stages="res2", progress=False)["features"]  # a single name
+    assert list(one) == ["res2"] and torch.equal(one["res2"], out["features"]["res2"])
     x = loader[0]["video"].reshape(4, 3, 2, 8, 8)
     enc.eval()
     with torch.no_grad():

@@ -1,0 +1,40 @@
+"""Evaluation of frozen or fine-tuned encoders: metrics, feature extraction, kNN, linear probes, reports.
+
+Figures live in :mod:`avssl.eval.plots` (imported on demand: it needs matplotlib).
+"""
+from avssl.eval.features import extract_features, load_features, pool_stage, save_features
+from avssl.eval.knn import knn_evaluate, knn_predict
+from avssl.eval.linear import LinearProbe, layerwise_linear_probe, linear_evaluate, probe_predict, train_linear_probe
+from avssl.eval.metrics import (
+    aggregate_labels,
+    aggregate_views,
+    clip_and_video_metrics,
+    confusion_matrix,
+    mean_class_accuracy,
+    per_class_accuracy,
+    top_k_accuracy,
+)
+from avssl.eval.report import print_results_table, write_results_json
+
+__all__ = [
+    "LinearProbe",
+    "aggregate_labels",
+    "aggregate_views",
+    "clip_and_video_metrics",
+    "confusion_matrix",
+    "extract_features",
+    "knn_evaluate",
+    "knn_predict",
+    "layerwise_linear_probe",
+    "linear_evaluate",
+    "load_features",
+    "mean_class_accuracy",
+    "per_class_accuracy",
+    "pool_stage",
+    "print_results_table",
+    "probe_predict",
+    "save_features",
+    "top_k_accuracy",
+    "train_linear_probe",
+    "write_results_json",
+]
