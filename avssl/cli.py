@@ -219,55 +219,94 @@ def _run_bench_models(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- eval / extract ------------------------------------------------------------------------------
+def _add_eval(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("eval", help="evaluate an encoder: linear probe / kNN on frozen features, or fine-tuning")
+    p.add_argument("config", help="config naming the evaluation data (data.train / data.val) and eval settings")
+    p.add_argument("overrides", nargs="*")
+    p.add_argument("--checkpoint", default=None, help="trained checkpoint (omit for a randomly initialised encoder)")
+    p.add_argument("--protocol", action="append", choices=["linear", "knn", "finetune"],
+                   help="repeatable; default: the config's eval.protocols")
+    p.add_argument("--modality", choices=["video", "audio"], default=None)
+    p.add_argument("--plot", action="store_true", help="save a 2-D embedding map of the held-out features (PNG)")
+    p.add_argument("--out", default=None, help="folder for results.json and plots (default: OUTPUT_DIR/eval)")
+    p.set_defaults(func=_run_eval)
+
+    x = sub.add_parser("extract", help="write the embeddings of a corpus to a .pt file")
+    x.add_argument("config")
+    x.add_argument("overrides", nargs="*")
+    x.add_argument("--checkpoint", default=None)
+    x.add_argument("--part", choices=["train", "val"], default="train", help="which part of the config's data")
+    x.add_argument("--modality", choices=["video", "audio"], default="video")
+    x.add_argument("--stages", nargs="*", default=None, help="also per-stage pooled maps, e.g. res3 res4 res5")
+    x.add_argument("--output", required=True, help="the .pt file to write (features, labels, index, view)")
+    x.set_defaults(func=_run_extract)
+
+
+def _run_eval(args: argparse.Namespace) -> int:
+    from avssl.config import load_config
+    from avssl.eval.report import print_results_table, write_results_json
+    from avssl.runner import evaluate
+
+    cfg = load_config(args.config, args.overrides)
+    protocols = args.protocol or list(cfg.eval.protocols)
+    out = args.out or os.path.join(cfg.output_dir, "eval")
+    rows = []
+    frozen = [p for p in protocols if p != "finetune"]
+    if frozen:
+        rows += evaluate(cfg, args.checkpoint, protocols=frozen, modality=args.modality, out_dir=out, plot=args.plot)
+    if "finetune" in protocols:
+        from avssl.eval.finetune import finetune_and_evaluate
+
+        rows.append(finetune_and_evaluate(cfg, args.checkpoint))
+    shown = ("encoder", "modality", "protocol", "clip_top1", "video_top1", "video_top5", "mean_class_accuracy", "wall_s")
+    print_results_table([{k: r[k] for k in shown if k in r} for r in rows],
+                        title=f"evaluation of {args.checkpoint or 'a randomly initialised encoder'}")
+    write_results_json(rows, os.path.join(out, "results.json"), meta={"config": args.config, "checkpoint": args.checkpoint})
+    log.info("results: %s", os.path.join(out, "results.json"))
+    return 0
+
+
+def _run_extract(args: argparse.Namespace) -> int:
+    import torch
+    from torch.utils.data import DataLoader
+
+    from avssl.config import load_config
+    from avssl.data.datamodule import make_dataset
+    from avssl.eval.features import extract_features, save_features
+    from avssl.runner import encoder_from
+
+    cfg = load_config(args.config, args.overrides)
+    encoder = encoder_from(cfg, args.checkpoint, args.modality)
+    ds = make_dataset(cfg, args.part, train=False, needs_audio=args.modality == "audio")
+    loader = DataLoader(ds, batch_size=cfg.data.batch_size, num_workers=cfg.data.num_workers)
+    feats = extract_features(encoder, loader, device="cuda" if torch.cuda.is_available() else "cpu",
+                             modality=args.modality, stages=args.stages or None)
+    feats["paths"] = [r.path for r in ds.rows]
+    save_features(args.output, feats)
+    log.info("wrote %s (%d views of %d videos)", args.output, len(feats["labels"]), len(ds))
+    return 0
+
+
 # -- demo ----------------------------------------------------------------------------------------
 def _add_demo(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("demo", help="the embedded default: synthesise a corpus, prepare it, benchmark the data path")
+    p = sub.add_parser("demo", help="synthetic corpus -> prep -> pretrain -> evaluate; prints the result table")
     p.add_argument("--out", default="demo_out")
     p.add_argument("--classes", type=int, default=10)
     p.add_argument("--per-class", type=int, default=24)
     p.add_argument("--seconds", type=float, default=4.0)
     p.add_argument("--size", type=int, default=128)
+    p.add_argument("--epochs", type=int, default=None, help="override the demo configs' trainer.max_epochs")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workers", type=int, default=None)
     p.set_defaults(func=_run_demo)
 
 
 def _run_demo(args: argparse.Namespace) -> int:
-    from rich.console import Console
+    from avssl.demo import run_demo
 
-    from avssl.bench.data import run as bench_data
-    from avssl.data.prep import prepare, print_summary
-    from avssl.data.synthetic import synthesize
-
-    console = Console()
-    t0 = time.perf_counter()
-    raw = os.path.join(args.out, "synthetic")
-    prepared = os.path.join(args.out, "prepared")
-    console.rule("1/3  synthesise the audio-visual corpus")
-    summary = synthesize(
-        raw,
-        classes=args.classes,
-        per_class=args.per_class,
-        seconds=args.seconds,
-        size=args.size,
-        seed=args.seed,
-        workers=args.workers,
-    )
-    _print_mapping("synthetic corpus", summary)
-    console.rule("2/3  prepare it (avssl prep)")
-    report = prepare(
-        os.path.join(raw, "videos"),
-        prepared,
-        short_side=min(112, args.size),
-        audio_rate=16000,
-        csv=os.path.join(raw, "annotations.csv"),
-        workers=args.workers,
-        audio_stats=True,
-    )
-    print_summary(report)
-    console.rule("3/3  data benchmark: decode + augment, avssl vs pytorchvideo")
-    bench_data(corpus=os.path.join(prepared, "manifest.csv"), n_clips=32, workers=[0, 2])
-    console.print(f"demo finished in {time.perf_counter() - t0:.1f} s; outputs under {args.out}/")
+    run_demo(out=args.out, classes=args.classes, per_class=args.per_class, seconds=args.seconds, size=args.size,
+             epochs=args.epochs, seed=args.seed, workers=args.workers)
     return 0
 
 
@@ -293,6 +332,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_synth(sub)
     _add_prep(sub)
     _add_train(sub)
+    _add_eval(sub)
     _add_bench(sub)
     _add_demo(sub)
     return parser

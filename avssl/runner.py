@@ -79,3 +79,101 @@ def load_method(checkpoint: str, cfg: Optional[Any] = None) -> Any:
     method.load_state_dict(state["state_dict"], strict=True)
     method.eval()
     return method
+
+
+def _eval_loader(cfg: Any, part: str, modality: str) -> Any:
+    """Loader of test-style views (K uniform clips, centre or three crops) over the train or val part."""
+    from torch.utils.data import DataLoader
+
+    from avssl.data.datamodule import make_dataset
+
+    ds = make_dataset(cfg, part, train=False, needs_audio=modality == "audio")
+    return DataLoader(ds, batch_size=cfg.data.batch_size, num_workers=cfg.data.num_workers, shuffle=False), ds
+
+
+def encoder_from(cfg: Any, checkpoint: Optional[str], modality: str) -> Any:
+    """The ``modality`` encoder of a trained checkpoint, or a randomly initialised one (``checkpoint=None``)."""
+    if checkpoint:
+        return load_method(checkpoint).encoder_for(modality)
+    from avssl.methods.base import Method
+
+    L.seed_everything(cfg.seed, verbose=False)
+    enc_cfg = cfg.model.video if modality == "video" else cfg.model.audio
+    return Method.make_encoder(enc_cfg).eval()
+
+
+def evaluate(
+    cfg: Any,
+    checkpoint: Optional[str],
+    protocols: Sequence[str] = ("linear", "knn"),
+    modality: Optional[str] = None,
+    name: Optional[str] = None,
+    out_dir: Optional[str] = None,
+    plot: bool = False,
+    progress: bool = True,
+) -> List[Dict[str, Any]]:
+    """Evaluate a frozen encoder by linear probe and/or kNN on ``cfg.data`` (train split -> val split).
+
+    Both use K = ``data.test_clips`` uniformly spaced clips × ``data.test_crops`` crops per video; the
+    probe trains on every view of the train videos, and test views are aggregated per video
+    (``eval.aggregation``). Returns one row per protocol (and per stage for ``eval.stages``).
+    """
+    import time
+
+    import torch
+
+    from avssl.eval.features import extract_features
+    from avssl.eval.knn import knn_evaluate
+    from avssl.eval.linear import layerwise_linear_probe, linear_evaluate
+
+    modality = modality or cfg.eval.modality
+    name = name or (os.path.basename(checkpoint) if checkpoint else "random init")
+    t0 = time.perf_counter()
+    encoder = encoder_from(cfg, checkpoint, modality)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    train_loader, train_ds = _eval_loader(cfg, "train", modality)
+    test_loader, test_ds = _eval_loader(cfg, "val", modality)
+    stages = list(cfg.eval.stages) or None
+    tr = extract_features(encoder, train_loader, device=device, modality=modality, stages=stages, progress=progress)
+    te = extract_features(encoder, test_loader, device=device, modality=modality, stages=stages, progress=progress)
+    num_classes = int(cfg.num_classes or (max(max(train_ds.labels), max(test_ds.labels)) + 1))
+    e = cfg.eval
+    rows: List[Dict[str, Any]] = []
+
+    def pick(feats: Any) -> torch.Tensor:
+        return feats[stages[-1]] if isinstance(feats, dict) else feats
+
+    for protocol in protocols:
+        ts = time.perf_counter()
+        if protocol == "linear":
+            m = linear_evaluate(
+                pick(tr["features"]), tr["labels"], pick(te["features"]), te["labels"], num_classes,
+                test_video_index=te["index"], mode=e.aggregation, epochs=e.linear_epochs, lr=e.linear_lr,
+                weight_decay=e.linear_weight_decay, seed=cfg.seed,
+            )
+        elif protocol == "knn":
+            m = knn_evaluate(
+                pick(tr["features"]), tr["labels"], pick(te["features"]), te["labels"], num_classes,
+                k=e.knn_k, temperature=e.knn_temperature, test_video_index=te["index"],
+            )
+        else:
+            raise ValueError(f"unknown protocol {protocol!r}; choose linear or knn (fine-tuning: avssl finetune)")
+        rows.append({"encoder": name, "modality": modality, "protocol": protocol, **m, "eval_s": time.perf_counter() - ts})
+    if stages and len(stages) > 1:
+        per_stage = layerwise_linear_probe(
+            tr["features"], tr["labels"], te["features"], te["labels"], num_classes,
+            test_video_index=te["index"], mode=e.aggregation, epochs=e.linear_epochs, lr=e.linear_lr, seed=cfg.seed,
+        )
+        for stage, m in per_stage.items():
+            rows.append({"encoder": name, "modality": modality, "protocol": f"linear@{stage}", **m})
+    if plot and out_dir:
+        from avssl.eval.plots import plot_embedding
+
+        os.makedirs(out_dir, exist_ok=True)
+        safe = "".join(c if c.isalnum() else "_" for c in name)
+        names = getattr(test_ds, "classes", None) or None
+        plot_embedding(pick(te["features"]), te["labels"], os.path.join(out_dir, f"embedding_{safe}.png"),
+                       class_names=names, title=f"{name}: {modality} features of held-out videos")
+    for r in rows:
+        r.setdefault("wall_s", time.perf_counter() - t0)
+    return rows

@@ -17,6 +17,16 @@ from avssl.models.slowfast import FUSIONS, SLOWFAST_NL_STAGES, FastToSlow
 STAGES = ["stem", "res2", "res3", "res4", "res5"]
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """One intra-op thread: these tiny convolutions gain nothing from more, and on a shared machine
+    OpenMP workers spinning for a busy core make them several times slower."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def n_params(m: nn.Module) -> int:
     return sum(p.numel() for p in m.parameters())
 
@@ -73,7 +83,8 @@ def test_feature_shapes(fusion: str) -> None:
         assert tuple(feats[f"fast/{s}"].shape) == (2, width // 8, 8, side, side), s
     out = model([slow, fast])
     assert out.shape == (2, model.out_dim) == (2, 512 + 64)
-    torch.testing.assert_close(out, torch.cat([feats["slow/res5"].mean((2, 3, 4)), feats["fast/res5"].mean((2, 3, 4))], 1))
+    pooled = [feats[f"{p}/res5"].mean((2, 3, 4)) for p in ("slow", "fast")]
+    torch.testing.assert_close(out, torch.cat(pooled, dim=1))
 
 
 def test_fusion_operators() -> None:
@@ -187,7 +198,7 @@ def test_avslowfast_features_and_input_errors() -> None:
     # Audio maps are B×C×T_a×1×F: time halves at res3..res5, frequency at res3..res5.
     assert tuple(feats["audio/stem"].shape) == (2, 8, 32, 1, 16)
     assert tuple(feats["audio/res5"].shape) == (2, 256, 4, 1, 2)
-    with pytest.raises(ValueError, match=r"audio with 40 time frames does not align with 2 slow frames; use 16×2 = 32"):
+    with pytest.raises(ValueError, match=r"audio with 40 time frames does not align with 2 slow frames; use 16×2"):
         model([slow, fast, torch.randn(2, 1, 16, 40)])
     with pytest.raises(ValueError, match=r"B×1×F×T_a log-mel spectrogram"):
         model([slow, fast, torch.randn(2, 16, 32)])

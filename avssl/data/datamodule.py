@@ -34,13 +34,20 @@ def _video_transform(d: Any, train: bool, crops: int = 1):
     return build_video_transform(**kw)
 
 
-def make_dataset(cfg: Any, split: str, train: bool, needs_audio: bool, source: Optional[str] = None) -> VideoDataset:
-    """A VideoDataset for ``split`` from ``cfg.data``: random clips when ``train``, else the test views."""
+def make_dataset(cfg: Any, part: str, train: bool, needs_audio: bool) -> VideoDataset:
+    """A VideoDataset over the ``part`` ("train" or "val") of ``cfg.data``.
+
+    ``train=True`` gives random clips with training augmentation; ``train=False`` gives the test views
+    (``data.test_clips`` uniform clips × ``data.test_crops`` crops) — also used on the train part to
+    extract features for linear probes and kNN.
+    """
     d = cfg.data
-    src = source or (d.train if train else (d.val or d.train))
+    if part not in ("train", "val"):
+        raise ValueError(f"part must be 'train' or 'val', got {part!r}")
+    src = d.train if part == "train" else (d.val or d.train)
     if src is None:
         raise ValueError("data.train is not set: point it at a manifest.csv, a folder tree, a Kinetics CSV or a split file")
-    wanted_split = d.train_split if train else d.val_split
+    wanted_split = d.train_split if part == "train" else d.val_split
     return VideoDataset(
         src,
         video_root=d.video_root,

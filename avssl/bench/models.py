@@ -1,0 +1,550 @@
+"""``avssl bench models``: training-step cost of avssl's video encoders next to a reference build.
+
+For each model, the avssl encoder and a reference implementation of the same architecture are measured in
+the same run, on the same input, with the same pooled B×D output (the reference's classifier removed):
+
+================ ================================================ ==========================================
+model            avssl                                            reference
+================ ================================================ ==========================================
+``r2plus1d_18``  ``build_encoder("r2plus1d_18")``                 torchvision ``r2plus1d_18`` (fc removed)
+``slowfast_r50`` ``build_encoder("slowfast_r50")`` 8×8: slow T,   pytorchvideo ``create_slowfast`` (head
+                 fast 4T frames                                   replaced by a global average pool)
+``i3d_r50``      ``build_encoder("i3d_r50")``                     pytorchvideo ``create_resnet`` with the
+                                                                  hub ``i3d_r50`` settings, head → pool
+``i3d_r50_nl``   ``i3d_r50`` with non-local blocks after units    none ("—")
+                 res3 {1, 3} and res4 {1, 3, 5}
+================ ================================================ ==========================================
+
+What is measured, per clip (the batch's figure divided by ``batch``):
+
+* **time**: one forward + backward of ``output.sum()`` in training mode (BatchNorm batch statistics),
+  gradients cleared (set to None) before each step, no optimiser step; the median over ``repeats`` steps
+  that follow the warm-up.
+* **memory**: the peak extra memory of one forward + backward above what the model and its input already
+  hold (activations kept for backward, gradients, workspaces).
+
+  - CUDA: ``torch.cuda.max_memory_allocated`` minus ``torch.cuda.memory_allocated`` just before the step
+    (after the warm-up steps, with gradients cleared), i.e. tensor memory, not the allocator's cache.
+  - CPU: PyTorch's CPU allocations are invisible to ``tracemalloc``, so each (model, build, variant) is
+    measured in a **fresh Python process**: the process resident-set high-water mark (``VmHWM``, reset
+    through ``/proc/self/clear_refs``) during its *first* forward + backward, minus the resident set just
+    before it. This counts every page the step touches, including allocator overhead and one-time
+    library buffers, so it is an upper bound of the tensor memory; both builds pay the same overheads.
+    Where ``clear_refs`` is not available the ``getrusage`` max-RSS growth is used instead.
+* **FLOPs** of one forward + backward, counted by ``torch.utils.flop_counter.FlopCounterMode`` on the
+  ``meta`` device (no compute); on CUDA also the fraction of the GPU's dense bf16 peak the step reaches.
+
+Variants (``variants``; a ``+``-joined subset of ``fp32``/``bf16``, ``cl3d``, ``compile``): ``bf16`` runs
+the step under ``torch.autocast(dtype=torch.bfloat16)``, ``cl3d`` puts the model and input in
+``torch.channels_last_3d``, ``compile`` wraps the model in ``torch.compile`` (2 extra warm-up steps).
+Defaults: ``fp32`` on CPU; ``fp32, bf16, bf16+cl3d, bf16+cl3d+compile`` on CUDA (where
+``torch.backends.cudnn.benchmark`` is on for the duration of the run).
+"""
+from __future__ import annotations
+
+import contextlib
+import gc
+import json
+import math
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+
+import torch
+import torch.nn as nn
+
+from avssl.utils import atomic_write_text
+
+NONLOCAL_STAGES: Mapping[str, Tuple[int, ...]] = MappingProxyType({"res3": (1, 3), "res4": (1, 3, 5)})
+SLOWFAST_ALPHA = 4
+MIB = 2.0**20
+
+#: Dense bf16 tensor-core peaks (TFLOP/s) by a substring of ``torch.cuda.get_device_name``; first match wins.
+BF16_PEAK_TFLOPS: Tuple[Tuple[str, float], ...] = (
+    ("H200", 989.4),
+    ("H100 PCIe", 756.5),
+    ("H100 NVL", 835.0),
+    ("H100", 989.4),  # SXM
+    ("A100", 312.0),
+    ("L40S", 362.0),
+    ("L4", 121.0),
+)
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One benchmarked architecture: the avssl build, its input kind, and the reference's label."""
+
+    encoder: str
+    kwargs: Mapping[str, Any]
+    inputs: str  # "clip" (B×3×T×S×S) or "slowfast" ([slow B×3×T×S×S, fast B×3×αT×S×S])
+    reference: Optional[str]
+
+
+MODELS: Mapping[str, ModelSpec] = MappingProxyType(
+    {
+        "r2plus1d_18": ModelSpec("r2plus1d_18", {}, "clip", "torchvision r2plus1d_18"),
+        "slowfast_r50": ModelSpec("slowfast_r50", {}, "slowfast", "pytorchvideo create_slowfast"),
+        "i3d_r50": ModelSpec("i3d_r50", {}, "clip", "pytorchvideo create_resnet (i3d_r50)"),
+        "i3d_r50_nl": ModelSpec(
+            "i3d_r50", {"nonlocal_stages": {k: list(v) for k, v in NONLOCAL_STAGES.items()}}, "clip", None
+        ),
+    }
+)
+BUILDS = ("avssl", "reference")
+_VARIANT_TOKENS = ("fp32", "bf16", "cl3d", "compile")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Building models and inputs
+# ----------------------------------------------------------------------------------------------------------
+class _GlobalPool(nn.Module):
+    """Reference body -> B×D: global average pool of its last map (and concatenation of pathway lists)."""
+
+    def __init__(self, body: nn.Module) -> None:
+        super().__init__()
+        self.body = body
+
+    def forward(self, x: Any) -> torch.Tensor:
+        y = self.body(x)
+        if isinstance(y, (list, tuple)):
+            return torch.cat([t.flatten(2).mean(2) for t in y], dim=1)
+        return y.flatten(2).mean(2) if y.dim() > 2 else y
+
+
+def _build_reference(key: str) -> nn.Module:
+    if key == "r2plus1d_18":
+        from torchvision.models.video import r2plus1d_18
+
+        model = r2plus1d_18(weights=None)
+        model.fc = nn.Identity()  # B×512 pooled features, as the avssl encoder returns
+        return model
+    if key == "slowfast_r50":
+        from pytorchvideo.models.slowfast import create_slowfast
+
+        # head=None keeps the pathway pooling + concatenation (B×2304×1×1×1) and drops the classifier.
+        body = create_slowfast(
+            model_depth=50, head=None, head_pool=nn.AdaptiveAvgPool3d, head_output_size=((1, 1, 1), (1, 1, 1))
+        )
+        return _GlobalPool(body)
+    if key == "i3d_r50":
+        from pytorchvideo.models.hub.resnet import i3d_r50
+
+        return _GlobalPool(i3d_r50(pretrained=False, head=None))
+    raise KeyError(f"model {key!r} has no reference build")
+
+
+def build_model(key: str, build: str) -> nn.Module:
+    """The ``"avssl"`` or ``"reference"`` build of benchmark model ``key`` (output B×D)."""
+    spec = _spec(key)
+    if build == "avssl":
+        from avssl.models import build_encoder
+
+        return build_encoder(spec.encoder, **dict(spec.kwargs))
+    if build == "reference":
+        return _build_reference(key)
+    raise ValueError(f"build must be one of {BUILDS}, got {build!r}")
+
+
+def make_inputs(key: str, batch: int, frames: int, size: int, device: Union[str, torch.device] = "cpu",
+                generator: Optional[torch.Generator] = None) -> List[torch.Tensor]:
+    """The input tensors of model ``key``: ``[clip B×3×T×S×S]`` or ``[slow B×3×T×S×S, fast B×3×αT×S×S]``."""
+    shapes = [(batch, 3, frames, size, size)]
+    if _spec(key).inputs == "slowfast":
+        shapes.append((batch, 3, SLOWFAST_ALPHA * frames, size, size))
+    return [torch.randn(s, generator=generator).to(device) for s in shapes]
+
+
+def _spec(key: str) -> ModelSpec:
+    if key not in MODELS:
+        raise KeyError(f"unknown benchmark model {key!r}; known: {', '.join(MODELS)}")
+    return MODELS[key]
+
+
+def _input_label(key: str, frames: int, size: int) -> str:
+    if _spec(key).inputs == "slowfast":
+        return f"{frames}+{SLOWFAST_ALPHA * frames}×{size}²"
+    return f"{frames}×{size}²"
+
+
+def parse_variant(variant: str) -> Dict[str, bool]:
+    """``"bf16+cl3d+compile"`` -> ``{"bf16": True, "cl3d": True, "compile": True}``; errors name the token."""
+    tokens = [t.strip() for t in variant.split("+") if t.strip()]
+    bad = [t for t in tokens if t not in _VARIANT_TOKENS]
+    if not tokens or bad:
+        raise ValueError(f"variant {variant!r}: expected '+'-joined tokens from {_VARIANT_TOKENS}, bad: {bad}")
+    if "fp32" in tokens and "bf16" in tokens:
+        raise ValueError(f"variant {variant!r}: fp32 and bf16 exclude each other")
+    return {"bf16": "bf16" in tokens, "cl3d": "cl3d" in tokens, "compile": "compile" in tokens}
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Measuring
+# ----------------------------------------------------------------------------------------------------------
+def count_flops(key: str, build: str, batch: int, frames: int, size: int) -> int:
+    """FLOPs of one forward + backward on the ``meta`` device (no memory, no compute)."""
+    torch.manual_seed(0)
+    model = build_model(key, build).to("meta").train()
+    inputs = make_inputs(key, batch, frames, size, "meta")
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        _forward(model, inputs).float().sum().backward()
+    return int(counter.get_total_flops())
+
+
+def _forward(model: nn.Module, inputs: Sequence[torch.Tensor]) -> torch.Tensor:
+    # A fresh list per call: some multi-pathway models rewrite the list they are given.
+    return model(list(inputs)) if len(inputs) > 1 else model(inputs[0])
+
+
+def _status_kib(field: str) -> Optional[int]:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+def _maxrss_bytes() -> int:
+    r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(r) if sys.platform == "darwin" else int(r) * 1024  # bytes on macOS, KiB on Linux
+
+
+class _RssPeak:
+    """Peak resident-set growth of this process across a ``with`` block (bytes), see the module docstring."""
+
+    def __enter__(self) -> "_RssPeak":
+        gc.collect()
+        self.method = "rss_hwm"
+        try:
+            with open("/proc/self/clear_refs", "w") as f:
+                f.write("5")  # resets VmHWM to the current VmRSS (Linux ≥ 4.0)
+            rss = _status_kib("VmRSS")
+            if rss is None:
+                raise OSError("no VmRSS")
+            self.base = rss * 1024
+        except OSError:
+            self.method = "maxrss"
+            self.base = _maxrss_bytes()
+        self.peak = 0
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.method == "rss_hwm":
+            hwm = _status_kib("VmHWM")
+            self.peak = (hwm * 1024 if hwm is not None else _maxrss_bytes()) - self.base
+        else:
+            self.peak = _maxrss_bytes() - self.base
+
+
+def measure(
+    key: str,
+    build: str,
+    device: Union[str, torch.device] = "cpu",
+    batch: int = 1,
+    frames: int = 8,
+    size: int = 112,
+    repeats: int = 3,
+    variant: str = "fp32",
+) -> Dict[str, Any]:
+    """Time and memory of one build in this process (see the module docstring for the definitions).
+
+    On CPU the memory figure is only meaningful in a fresh process (:func:`run` starts one per call).
+    Returns ``{"step_s": [...], "median_s", "peak_bytes", "memory_method", "params"}`` (per batch).
+    """
+    opts = parse_variant(variant)
+    dev = torch.device(device)
+    cuda = dev.type == "cuda"
+    torch.manual_seed(0)
+    model = build_model(key, build).to(dev).train()
+    params = sum(p.numel() for p in model.parameters())
+    inputs = make_inputs(key, batch, frames, size, dev, generator=torch.Generator().manual_seed(0))
+    if opts["cl3d"]:
+        model = model.to(memory_format=torch.channels_last_3d)
+        inputs = [t.contiguous(memory_format=torch.channels_last_3d) for t in inputs]
+    runner: Callable[..., torch.Tensor] = model
+    if opts["compile"]:
+        torch._dynamo.reset()  # a fresh cache per model: no recompile limits hit across builds
+        runner = torch.compile(model)
+
+    def autocast() -> contextlib.AbstractContextManager:
+        if opts["bf16"]:
+            return torch.autocast(device_type=dev.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def step() -> None:
+        for p in model.parameters():
+            p.grad = None
+        with autocast():
+            out = _forward(runner, inputs)
+        out.float().sum().backward()
+
+    def sync() -> None:
+        if cuda:
+            torch.cuda.synchronize(dev)
+
+    warmups = 1 + (2 if opts["compile"] else 0)
+    if cuda:
+        for _ in range(warmups):
+            step()
+        for p in model.parameters():
+            p.grad = None
+        sync()
+        base = torch.cuda.memory_allocated(dev)
+        torch.cuda.reset_peak_memory_stats(dev)
+        step()
+        sync()
+        peak, method = torch.cuda.max_memory_allocated(dev) - base, "cuda_max_allocated"
+    else:
+        for p in model.parameters():
+            p.grad = None
+        with _RssPeak() as rss:
+            step()  # the first step: memory high-water mark, and the warm-up
+        peak, method = rss.peak, rss.method
+        for _ in range(warmups - 1):
+            step()
+    times: List[float] = []
+    for _ in range(repeats):
+        for p in model.parameters():
+            p.grad = None
+        sync()
+        t0 = time.perf_counter()
+        step()
+        sync()
+        times.append(time.perf_counter() - t0)
+    return {
+        "step_s": times,
+        "median_s": statistics.median(times),
+        "peak_bytes": int(peak),
+        "memory_method": method,
+        "params": int(params),
+    }
+
+
+def _worker_main() -> None:
+    """Subprocess entry: ``argv[1]`` JSON kwargs of :func:`measure`, ``argv[2]`` the result path."""
+    args = json.loads(sys.argv[1])
+    torch.set_num_threads(int(args.pop("num_threads")))
+    try:
+        result: Dict[str, Any] = measure(**args)
+    except Exception as e:  # reported to the parent, which decides whether it is fatal
+        import traceback
+
+        result = {"error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc()}
+    atomic_write_text(sys.argv[2], json.dumps(result))
+
+
+def _measure_in_fresh_process(**kwargs: Any) -> Dict[str, Any]:
+    kwargs["num_threads"] = torch.get_num_threads()
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    env = dict(os.environ)
+    env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    with tempfile.TemporaryDirectory(prefix="avssl-bench-") as tmp:
+        path = os.path.join(tmp, "result.json")
+        proc = subprocess.run(
+            [sys.executable, "-c", "from avssl.bench.models import _worker_main; _worker_main()",
+             json.dumps(kwargs), path],
+            env=env, capture_output=True, text=True,
+        )
+        if not os.path.exists(path):
+            tail = (proc.stderr or proc.stdout or "").strip()[-2000:]
+            return {"error": f"measuring process exited with status {proc.returncode}: {tail}"}
+        with open(path) as f:
+            return json.load(f)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The benchmark
+# ----------------------------------------------------------------------------------------------------------
+def bf16_peak_tflops(device_name: str) -> Optional[float]:
+    """Dense bf16 peak of a known GPU (``BF16_PEAK_TFLOPS``), else None."""
+    for sub, tflops in BF16_PEAK_TFLOPS:
+        if sub.lower() in device_name.lower():
+            return tflops
+    return None
+
+
+def _ratio(a: Optional[float], b: Optional[float]) -> Optional[float]:
+    if a is None or b is None or not b > 0 or not math.isfinite(a) or not math.isfinite(b):
+        return None
+    return a / b
+
+
+def run(
+    names: Optional[Sequence[str]] = None,
+    device: str = "cpu",
+    batch: int = 1,
+    frames: int = 8,
+    size: int = 112,
+    repeats: int = 3,
+    out: Optional[str] = None,
+    variants: Optional[Sequence[str]] = None,
+    print_table: bool = True,
+) -> List[Dict[str, Any]]:
+    """Measure every model × variant for the avssl and the reference build; print a table; return its rows.
+
+    Args:
+        names: keys of :data:`MODELS` (default: all of them).
+        device: ``"cpu"`` or ``"cuda"`` / ``"cuda:N"``.
+        batch: clips per step; the figures are reported per clip.
+        frames: clip length T (SlowFast: slow T, fast 4T frames).
+        size: spatial crop S (S×S).
+        repeats: timed steps after the warm-up (their median is reported).
+        out: also write the rows as JSON to this path (atomically).
+        variants: see the module docstring; default ``["fp32"]`` on CPU, four variants on CUDA.
+        print_table: print the rich table.
+
+    Each row: ``model, variant, device, device_name, batch, frames, size, input, reference`` (label or
+    None), and for each build ``b`` in ``avssl``/``reference``: ``{b}_params``, ``{b}_ms`` (forward +
+    backward per clip), ``{b}_clips_per_s``, ``{b}_mem_mib`` (peak extra memory per clip),
+    ``{b}_gflop`` (forward + backward GFLOP per clip), ``{b}_peak_frac`` (fraction of the GPU's dense
+    bf16 peak; None on CPU or an unknown GPU), ``{b}_error`` (only when a reference build failed);
+    ``time_ratio`` and ``mem_ratio`` (avssl / reference, None without a reference) and ``memory_method``.
+    """
+    keys = list(MODELS) if names is None else list(names)
+    for k in keys:
+        _spec(k)
+    for arg, v in (("batch", batch), ("frames", frames), ("size", size), ("repeats", repeats)):
+        if not isinstance(v, int) or v < 1:
+            raise ValueError(f"{arg} must be a positive int, got {v!r}")
+    dev = torch.device(device)
+    cuda = dev.type == "cuda"
+    if cuda and not torch.cuda.is_available():
+        raise ValueError(f"device={device!r}: CUDA is not available")
+    if dev.type not in ("cpu", "cuda"):
+        raise ValueError(f"device must be 'cpu' or 'cuda[:N]', got {device!r}")
+    variants = list(variants) if variants else (
+        ["fp32", "bf16", "bf16+cl3d", "bf16+cl3d+compile"] if cuda else ["fp32"]
+    )
+    for v in variants:
+        parse_variant(v)
+    device_name = torch.cuda.get_device_name(dev) if cuda else "cpu"
+    peak_tflops = bf16_peak_tflops(device_name) if cuda else None
+
+    rows: List[Dict[str, Any]] = []
+    from rich.console import Console
+
+    console = Console(stderr=True)
+    prev_benchmark = torch.backends.cudnn.benchmark
+    if cuda:
+        torch.backends.cudnn.benchmark = True  # autotuned conv algorithms, for both builds alike
+    try:
+        for key in keys:
+            spec = _spec(key)
+            builds = ["avssl"] + (["reference"] if spec.reference else [])
+            flops = {b: count_flops(key, b, batch, frames, size) for b in builds}
+            for variant in variants:
+                row: Dict[str, Any] = {
+                    "model": key, "variant": variant, "device": str(dev), "device_name": device_name,
+                    "batch": batch, "frames": frames, "size": size, "input": _input_label(key, frames, size),
+                    "reference": spec.reference,
+                }
+                for b in BUILDS:
+                    for field in ("params", "ms", "clips_per_s", "mem_mib", "gflop", "peak_frac"):
+                        row[f"{b}_{field}"] = None
+                for b in builds:
+                    kwargs = dict(key=key, build=b, device=str(dev), batch=batch, frames=frames, size=size,
+                                  repeats=repeats, variant=variant)
+                    with console.status(f"bench models: {key} {variant} ({b})", spinner="dots") if print_table \
+                            else contextlib.nullcontext():
+                        if cuda:
+                            res = _measure_cuda_safely(kwargs)
+                        else:
+                            res = _measure_in_fresh_process(**kwargs)
+                    if "error" in res:
+                        if b == "avssl":
+                            raise RuntimeError(f"bench models: {key} ({variant}, avssl) failed: {res['error']}")
+                        row["reference_error"] = res["error"]
+                        continue
+                    med = float(res["median_s"])
+                    row[f"{b}_params"] = res["params"]
+                    row[f"{b}_ms"] = 1e3 * med / batch
+                    row[f"{b}_clips_per_s"] = batch / med
+                    row[f"{b}_mem_mib"] = res["peak_bytes"] / MIB / batch
+                    row[f"{b}_gflop"] = flops[b] / 1e9 / batch
+                    if peak_tflops:
+                        row[f"{b}_peak_frac"] = flops[b] / med / (peak_tflops * 1e12)
+                    row["memory_method"] = res["memory_method"]
+                row["time_ratio"] = _ratio(row["avssl_ms"], row["reference_ms"])
+                row["mem_ratio"] = _ratio(row["avssl_mem_mib"], row["reference_mem_mib"])
+                rows.append(row)
+    finally:
+        torch.backends.cudnn.benchmark = prev_benchmark
+    if print_table:
+        print_rows(rows)
+    if out:
+        atomic_write_text(out, json.dumps(rows, indent=2))
+    return rows
+
+
+def _measure_cuda_safely(kwargs: Dict[str, Any]) -> Dict[str, Any]:
+    try:
+        return measure(**kwargs)
+    except Exception as e:  # a reference that fails is reported as "—", an avssl failure is raised by run()
+        return {"error": f"{type(e).__name__}: {e}"}
+    finally:
+        gc.collect()
+        torch.cuda.empty_cache()
+
+
+def _fmt(v: Optional[float], spec: str, suffix: str = "") -> str:
+    return "—" if v is None else f"{v:{spec}}{suffix}"
+
+
+def print_rows(rows: Sequence[Dict[str, Any]]) -> None:
+    """Print benchmark rows as a rich table (wide enough for every column when stdout is not a terminal)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    if not rows:
+        return
+    console = Console()
+    if not console.is_terminal:
+        console = Console(width=160)
+    r0 = rows[0]
+    cuda = str(r0["device"]).startswith("cuda")
+    mem_note = {
+        "cuda_max_allocated": "peak allocated CUDA memory above model + input",
+        "rss_hwm": "peak resident-set growth of a fresh process",
+        "maxrss": "max-RSS growth of a fresh process",
+    }.get(str(r0.get("memory_method")), "peak memory")
+    refs = {r["model"]: r["reference"] or "none" for r in rows}
+    table = Table(
+        title=f"forward + backward per clip on {r0['device_name']}, batch {r0['batch']}",
+        caption=f"time: median of the timed steps; memory: {mem_note}; ratios: avssl / reference\n"
+        + "references: " + "; ".join(f"{k}: {v}" for k, v in refs.items()),
+    )
+    cols = ["model", "variant", "input", "avssl\nms", "ref\nms", "time\nratio", "avssl\nMiB", "ref\nMiB",
+            "mem\nratio", "avssl\nclips/s", "ref\nclips/s", "GFLOP\navssl", "GFLOP\nref"]
+    if cuda:
+        cols += ["avssl %\nbf16 peak", "ref %\nbf16 peak"]
+    for c in cols:
+        table.add_column(c, justify="left" if c in ("model", "variant", "input") else "right")
+    for r in rows:
+        cells = [
+            r["model"], r["variant"], r["input"],
+            _fmt(r["avssl_ms"], ".1f"), _fmt(r["reference_ms"], ".1f"), _fmt(r["time_ratio"], ".2f", "×"),
+            _fmt(r["avssl_mem_mib"], ".0f"), _fmt(r["reference_mem_mib"], ".0f"), _fmt(r["mem_ratio"], ".2f", "×"),
+            _fmt(r["avssl_clips_per_s"], ".2f"), _fmt(r["reference_clips_per_s"], ".2f"),
+            _fmt(r["avssl_gflop"], ".1f"), _fmt(r["reference_gflop"], ".1f"),
+        ]
+        if cuda:
+            for b in BUILDS:
+                frac = r[f"{b}_peak_frac"]
+                cells.append(_fmt(None if frac is None else 100 * frac, ".1f"))
+        table.add_row(*cells)
+    console.print(table)
+    for r in rows:
+        if r.get("reference_error"):
+            console.print(f"[yellow]{r['model']} ({r['variant']}): the reference build failed: {r['reference_error']}")
