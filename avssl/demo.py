@@ -81,7 +81,7 @@ def run_demo(
         checkpoints[name] = fit(cfg, resume=False)
         train_time[name] = time.perf_counter() - t0
         try:
-            plot_training_curves(os.path.join(cfg.output_dir, "logs", "metrics.csv"),
+            plot_training_curves(os.path.join(cfg.output_dir, "logs", "version_0", "metrics.csv"),
                                  os.path.join(cfg.output_dir, "training_curves.png"), keys=["train/loss_epoch"])
         except (KeyError, FileNotFoundError, ValueError) as e:
             log.info("no training curve for %s (%s)", name, e)

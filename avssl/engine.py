@@ -163,10 +163,11 @@ def build_trainer(
     t = cfg.trainer
     output_dir = output_dir or cfg.output_dir
     os.makedirs(output_dir, exist_ok=True)
-    loggers: List[Any] = [CSVLogger(output_dir, name="logs", version="")]
+    # One version folder per launch (logs/version_N), so a resumed run never overwrites earlier logs.
+    loggers: List[Any] = [CSVLogger(output_dir, name="logs")]
     if t.tensorboard:
         try:
-            loggers.append(TensorBoardLogger(output_dir, name="tb", version=""))
+            loggers.append(TensorBoardLogger(output_dir, name="tb"))
         except ModuleNotFoundError:
             log.info("tensorboard is not installed; logging to CSV only")
     ckpt_dir = os.path.join(output_dir, "checkpoints")

@@ -37,7 +37,12 @@ def _prepare_cfg(cfg: Any, method_cls: Any) -> Any:
     return cfg
 
 
-def fit(cfg: Any, resume: bool = True, trainer_overrides: Optional[Dict[str, Any]] = None) -> str:
+def fit(
+    cfg: Any,
+    resume: bool = True,
+    trainer_overrides: Optional[Dict[str, Any]] = None,
+    extra_callbacks: Optional[List[Any]] = None,
+) -> str:
     """Train ``cfg.method`` on ``cfg.data``; return the path of the last checkpoint.
 
     With ``resume`` (default) a run whose ``output_dir`` already holds ``checkpoints/last.ckpt``
@@ -54,7 +59,8 @@ def fit(cfg: Any, resume: bool = True, trainer_overrides: Optional[Dict[str, Any
     atomic_write_text(os.path.join(cfg.output_dir, "config.yaml"), OmegaConf.to_yaml(cfg))
     method = method_cls(cfg)
     dm = VideoDataModule(cfg, modalities=method.modalities)
-    trainer = build_trainer(cfg, monitor=method.monitor, mode=method.monitor_mode, **(trainer_overrides or {}))
+    trainer = build_trainer(cfg, monitor=method.monitor, mode=method.monitor_mode, callbacks=extra_callbacks,
+                            **(trainer_overrides or {}))
     last = os.path.join(cfg.output_dir, "checkpoints", "last.ckpt")
     ckpt = last if resume and os.path.exists(last) else None
     if ckpt:

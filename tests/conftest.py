@@ -58,3 +58,45 @@ def media_dir(tmp_path_factory):
     media.write_audio_only(p("audio_only.m4a"))
     media.write_avi_with_ffmpeg(p("ffmpeg.avi"))
     return d
+
+
+@pytest.fixture(scope="session")
+def synth_corpus(tmp_path_factory):
+    """A small synthetic corpus: 4 classes × 8 videos × 2 s at 64², 6 train / 2 val per class."""
+    from avssl.data.synthetic import synthesize
+
+    out = tmp_path_factory.mktemp("synth")
+    synthesize(str(out), classes=4, per_class=8, seconds=2.0, size=64, seed=0, val_fraction=0.25,
+               workers=2, progress=False)
+    return out
+
+
+def tiny_overrides(corpus, out_dir, method="supervised", **extra):
+    """Config overrides for a seconds-long CPU run on ``synth_corpus``."""
+    o = {
+        "method.name": method,
+        "data.train": str(corpus / "annotations.csv"),
+        "data.video_root": str(corpus / "videos"),
+        "data.num_frames": 4,
+        "data.fps": 4.0,
+        "data.crop_size": 32,
+        "data.min_short_side": 36,
+        "data.max_short_side": 40,
+        "data.audio_seconds": 1.0,
+        "data.batch_size": 4,
+        "data.num_workers": 0,
+        "model.video.name": "r3d_tiny",
+        "model.video.kwargs": "{base_channels: 8}",
+        "model.audio": "{name: audio_conv_tiny, kwargs: {base_channels: 8}}",
+        "optim.name": "adamw",
+        "optim.lr": 0.003,
+        "trainer.max_epochs": 1,
+        "trainer.accelerator": "cpu",
+        "trainer.devices": 1,
+        "trainer.progress_bar": False,
+        "trainer.tensorboard": False,
+        "trainer.log_every_n_steps": 1,
+        "output_dir": str(out_dir),
+    }
+    o.update(extra)
+    return [f"{k}={v}" for k, v in o.items()]

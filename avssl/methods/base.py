@@ -86,18 +86,26 @@ class Method(L.LightningModule):
 
     # -- reproducible resume -----------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: Dict[str, Any]) -> None:
+        # Plain tensors and ints only, so checkpoints load with torch.load(weights_only=True).
+        name, keys, pos, has_gauss, cached = np.random.get_state()
+        version, state, gauss = random.getstate()
         checkpoint["avssl_rng"] = {
             "torch": torch.get_rng_state(),
-            "numpy": np.random.get_state(),
-            "python": random.getstate(),
+            "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos), "has_gauss": int(has_gauss),
+                      "cached": float(cached)},
+            "python": {"version": int(version), "state": torch.tensor(state, dtype=torch.int64),
+                       "gauss": None if gauss is None else float(gauss)},
         }
 
     def on_load_checkpoint(self, checkpoint: Dict[str, Any]) -> None:
         rng = checkpoint.get("avssl_rng")
-        if rng:
-            torch.set_rng_state(rng["torch"])
-            np.random.set_state(rng["numpy"])
-            random.setstate(rng["python"])
+        if not rng:
+            return
+        torch.set_rng_state(rng["torch"])
+        n = rng["numpy"]
+        np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached"]))
+        p = rng["python"]
+        random.setstate((p["version"], tuple(int(v) for v in p["state"].tolist()), p["gauss"]))
 
 
 def _batch_size(batch: Dict[str, Any]) -> int:
