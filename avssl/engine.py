@@ -172,20 +172,22 @@ def build_trainer(
             log.info("tensorboard is not installed; logging to CSV only")
     ckpt_dir = os.path.join(output_dir, "checkpoints")
     cbs: List[Callback] = [
-        # last.ckpt for resuming, plus the best by the method's monitored metric.
+        # last.ckpt for resuming: every epoch, and every checkpoint_every_n_steps steps when set.
         ModelCheckpoint(
             dirpath=ckpt_dir,
-            filename="best-epoch{epoch:03d}",
-            monitor=monitor,
-            mode=mode,
-            save_top_k=1 if monitor else 0,
             save_last=True,
+            save_top_k=0,
             every_n_train_steps=t.checkpoint_every_n_steps or None,
-            auto_insert_metric_name=False,
         ),
         EpochSetter(),
         LearningRateMonitor(logging_interval="step"),
     ]
+    if monitor:
+        # The best by the method's monitored metric, checked when it is computed (validation).
+        cbs.append(
+            ModelCheckpoint(dirpath=ckpt_dir, filename="best-epoch{epoch:03d}", monitor=monitor, mode=mode,
+                            save_top_k=1, save_last=False, auto_insert_metric_name=False)
+        )
     if t.progress_bar:
         from lightning.pytorch.callbacks import RichProgressBar
 
@@ -201,7 +203,8 @@ def build_trainer(
         precision=t.precision,
         accumulate_grad_batches=t.accumulate_grad_batches,
         gradient_clip_val=t.gradient_clip_val,
-        sync_batchnorm=t.sync_batchnorm and (t.num_nodes > 1 or _multi_device(t.devices)),
+        # torch's SyncBatchNorm runs on CUDA only; CPU (gloo) runs keep per-process statistics.
+        sync_batchnorm=t.sync_batchnorm and (t.num_nodes > 1 or _multi_device(t.devices)) and _on_gpu(t.accelerator),
         log_every_n_steps=t.log_every_n_steps,
         check_val_every_n_epoch=t.check_val_every_n_epoch,
         deterministic=t.deterministic,
@@ -219,6 +222,12 @@ def build_trainer(
         kwargs["limit_val_batches"] = t.limit_val_batches
     kwargs.update(overrides)
     return Trainer(**kwargs)
+
+
+def _on_gpu(accelerator: str) -> bool:
+    if accelerator in ("gpu", "cuda"):
+        return True
+    return accelerator == "auto" and torch.cuda.is_available()
 
 
 def _multi_device(devices: Any) -> bool:

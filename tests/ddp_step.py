@@ -18,8 +18,17 @@ from avssl.runner import fit  # noqa: E402
 
 
 class FirstLoss(Callback):
+    """Records the first step's loss. BatchNorm layers use their (initial) running statistics: CPU
+    processes cannot synchronise batch statistics (SyncBatchNorm is CUDA-only), and this run checks
+    data sharding, gathering and gradient averaging, not normalisation."""
+
     def __init__(self, path):
         self.path = path
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        for m in pl_module.modules():
+            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+                m.eval()
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         if trainer.global_step != 1:
@@ -38,7 +47,8 @@ def main():
     from pathlib import Path
 
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    cfg = load_config(overrides=tiny_overrides(Path(corpus), out_dir, method=method, **{
+    extra = {"method.dropout": 0.0} if method == "supervised" else {}  # dropout masks differ per process
+    cfg = load_config(overrides=tiny_overrides(Path(corpus), out_dir, method=method, **extra, **{
         "data.batch_size": int(batch), "trainer.devices": world, "trainer.strategy": "ddp" if world > 1 else "auto",
         "trainer.max_steps": 1, "trainer.sync_batchnorm": True, "optim.lr": 0.0,
     }))

@@ -14,6 +14,15 @@ STAGES = ["stem", "res2", "res3", "res4", "res5"]
 SIZES = [(1, 80, 200), (2, 257, 100), (2, 40, 33)]  # B, F, T
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """One intra-op thread: these tiny convolutions gain nothing from more on a shared machine."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def _halve(n: int, times: int = 1) -> int:
     """Output length of `times` stride-2 'same'-padded convs / pools: ceil(n / 2) each time."""
     for _ in range(times):
@@ -55,7 +64,8 @@ def test_avid_audio_conv_param_count_from_layer_list():
     # Documented layers (C = 64): conv 7×7 1→C; then (Cin, Cout) 3×3 convs per block; every conv is
     # bias-free and followed by a BatchNorm2d (2 parameters per channel).
     c = 64
-    convs3 = [(c, c), (c, c), (c, 2 * c), (2 * c, 2 * c), (2 * c, 4 * c), (4 * c, 4 * c), (4 * c, 8 * c), (8 * c, 8 * c)]
+    convs3 = [(c, c), (c, c), (c, 2 * c), (2 * c, 2 * c),
+              (2 * c, 4 * c), (4 * c, 4 * c), (4 * c, 8 * c), (8 * c, 8 * c)]
     weights = 1 * c * 7 * 7 + sum(9 * ci * co for ci, co in convs3)
     bn = 2 * (c + sum(co for _, co in convs3))
     expected = weights + bn
@@ -73,7 +83,8 @@ def test_avid_audio_conv_module_names_follow_avid_cma():
     keys = set(build_encoder("avid_audio_conv").state_dict())
     expected = {"conv1.0.weight", "conv1.1.weight", "conv1.1.running_mean"}
     for i in range(1, 5):
-        expected |= {f"block{i}.conv1.weight", f"block{i}.bn1.bias", f"block{i}.conv2.weight", f"block{i}.bn2.running_var"}
+        expected |= {f"block{i}.conv1.weight", f"block{i}.bn1.bias", f"block{i}.conv2.weight",
+                     f"block{i}.bn2.running_var"}
     assert expected <= keys
 
 

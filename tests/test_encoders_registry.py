@@ -1,6 +1,6 @@
 """Every registered encoder keeps the Encoder interface: out_dim, B×out_dim output, stage maps.
 
-Each name is built narrow (``base_channels=16``) and run on a tiny input; the published (default) width is
+Each name is built narrow (``base_channels=8``) and run on a tiny input; the published (default) width is
 checked on the ``meta`` device, where building and running cost neither memory nor compute.
 """
 from __future__ import annotations
@@ -24,6 +24,15 @@ DEFAULT_OUT_DIM = {
     "r3d_tiny": 128, "r2plus1d_tiny": 128,
     "slowfast_r50": 2048 + 256, "slowfast_r18": 512 + 64, "avslowfast_r50": 2048 + 256 + 1024,
 }
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """One intra-op thread: these tiny convolutions gain nothing from more on a shared machine."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
 
 
 def _kind(name: str) -> str:
@@ -56,7 +65,7 @@ def _inputs(name: str, batch: int, small: bool, device: str = "cpu") -> Inputs:
 
 def _build_small(name: str) -> torch.nn.Module:
     try:
-        return build_encoder(name, base_channels=16)
+        return build_encoder(name, base_channels=8)
     except TypeError:  # a builder without a width argument: its default configuration
         return build_encoder(name)
 

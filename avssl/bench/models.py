@@ -19,18 +19,20 @@ What is measured, per clip (the batch's figure divided by ``batch``):
 
 * **time**: one forward + backward of ``output.sum()`` in training mode (BatchNorm batch statistics),
   gradients cleared (set to None) before each step, no optimiser step; the median over ``repeats`` steps
-  that follow the warm-up.
-* **memory**: the peak extra memory of one forward + backward above what the model and its input already
-  hold (activations kept for backward, gradients, workspaces).
+  that follow the warm-up (1 step; 3 when compiled). Both builds live in the calling process and their
+  timed steps alternate (avssl, reference, reference, avssl, …), so a busy machine slows both alike.
+* **memory**: the peak tensor memory of one forward + backward above what is allocated before it (the
+  model and its input): activations kept for backward, gradients, temporaries. Measured on a step after
+  the warm-up, gradients cleared.
 
-  - CUDA: ``torch.cuda.max_memory_allocated`` minus ``torch.cuda.memory_allocated`` just before the step
-    (after the warm-up steps, with gradients cleared), i.e. tensor memory, not the allocator's cache.
-  - CPU: PyTorch's CPU allocations are invisible to ``tracemalloc``, so each (model, build, variant) is
-    measured in a **fresh Python process**: the process resident-set high-water mark (``VmHWM``, reset
-    through ``/proc/self/clear_refs``) during its *first* forward + backward, minus the resident set just
-    before it. This counts every page the step touches, including allocator overhead and one-time
-    library buffers, so it is an upper bound of the tensor memory; both builds pay the same overheads.
-    Where ``clear_refs`` is not available the ``getrusage`` max-RSS growth is used instead.
+  - CUDA: ``torch.cuda.max_memory_allocated`` minus ``torch.cuda.memory_allocated`` before the step
+    (tensor memory, not the caching allocator's reserve).
+  - CPU: PyTorch's CPU allocations are invisible to ``tracemalloc`` (and the process RSS also moves with
+    glibc's arenas and library buffers, ±10 % between identical runs), so the step runs under
+    ``torch.profiler`` with ``profile_memory=True`` and its memory timeline
+    (``profile.export_memory_timeline``) is summed over categories: the peak minus the first point, which
+    holds the tensors that existed before the step. This is the CPU counterpart of the CUDA figure (same
+    architecture, same bytes), and deterministic.
 * **FLOPs** of one forward + backward, counted by ``torch.utils.flop_counter.FlopCounterMode`` on the
   ``meta`` device (no compute); on CUDA also the fraction of the GPU's dense bf16 peak the step reaches.
 
@@ -47,10 +49,7 @@ import gc
 import json
 import math
 import os
-import resource
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -155,7 +154,7 @@ def build_model(key: str, build: str) -> nn.Module:
 
 def make_inputs(key: str, batch: int, frames: int, size: int, device: Union[str, torch.device] = "cpu",
                 generator: Optional[torch.Generator] = None) -> List[torch.Tensor]:
-    """The input tensors of model ``key``: ``[clip B×3×T×S×S]`` or ``[slow B×3×T×S×S, fast B×3×αT×S×S]``."""
+    """Inputs of model ``key``: ``[clip B×3×T×S×S]`` or ``[slow B×3×T×S×S, fast B×3×αT×S×S]``."""
     shapes = [(batch, 3, frames, size, size)]
     if _spec(key).inputs == "slowfast":
         shapes.append((batch, 3, SLOWFAST_ALPHA * frames, size, size))
@@ -190,8 +189,8 @@ def parse_variant(variant: str) -> Dict[str, bool]:
 # ----------------------------------------------------------------------------------------------------------
 def count_flops(key: str, build: str, batch: int, frames: int, size: int) -> int:
     """FLOPs of one forward + backward on the ``meta`` device (no memory, no compute)."""
-    torch.manual_seed(0)
-    model = build_model(key, build).to("meta").train()
+    with torch.device("meta"):  # parameters are created without storage: building costs nothing
+        model = build_model(key, build).train()
     inputs = make_inputs(key, batch, frames, size, "meta")
     from torch.utils.flop_counter import FlopCounterMode
 
@@ -205,163 +204,92 @@ def _forward(model: nn.Module, inputs: Sequence[torch.Tensor]) -> torch.Tensor:
     return model(list(inputs)) if len(inputs) > 1 else model(inputs[0])
 
 
-def _status_kib(field: str) -> Optional[int]:
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1])
-    except OSError:
-        return None
-    return None
+class BuildRunner:
+    """One build of one model, on its device, in one variant, ready to take training steps.
 
-
-def _maxrss_bytes() -> int:
-    r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return int(r) if sys.platform == "darwin" else int(r) * 1024  # bytes on macOS, KiB on Linux
-
-
-class _RssPeak:
-    """Peak resident-set growth of this process across a ``with`` block (bytes), see the module docstring."""
-
-    def __enter__(self) -> "_RssPeak":
-        gc.collect()
-        self.method = "rss_hwm"
-        try:
-            with open("/proc/self/clear_refs", "w") as f:
-                f.write("5")  # resets VmHWM to the current VmRSS (Linux ≥ 4.0)
-            rss = _status_kib("VmRSS")
-            if rss is None:
-                raise OSError("no VmRSS")
-            self.base = rss * 1024
-        except OSError:
-            self.method = "maxrss"
-            self.base = _maxrss_bytes()
-        self.peak = 0
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        if self.method == "rss_hwm":
-            hwm = _status_kib("VmHWM")
-            self.peak = (hwm * 1024 if hwm is not None else _maxrss_bytes()) - self.base
-        else:
-            self.peak = _maxrss_bytes() - self.base
-
-
-def measure(
-    key: str,
-    build: str,
-    device: Union[str, torch.device] = "cpu",
-    batch: int = 1,
-    frames: int = 8,
-    size: int = 112,
-    repeats: int = 3,
-    variant: str = "fp32",
-) -> Dict[str, Any]:
-    """Time and memory of one build in this process (see the module docstring for the definitions).
-
-    On CPU the memory figure is only meaningful in a fresh process (:func:`run` starts one per call).
-    Returns ``{"step_s": [...], "median_s", "peak_bytes", "memory_method", "params"}`` (per batch).
+    ``step()`` = gradients set to None, forward (under autocast with ``bf16``), backward of ``sum()``.
     """
-    opts = parse_variant(variant)
-    dev = torch.device(device)
-    cuda = dev.type == "cuda"
-    torch.manual_seed(0)
-    model = build_model(key, build).to(dev).train()
-    params = sum(p.numel() for p in model.parameters())
-    inputs = make_inputs(key, batch, frames, size, dev, generator=torch.Generator().manual_seed(0))
-    if opts["cl3d"]:
-        model = model.to(memory_format=torch.channels_last_3d)
-        inputs = [t.contiguous(memory_format=torch.channels_last_3d) for t in inputs]
-    runner: Callable[..., torch.Tensor] = model
-    if opts["compile"]:
-        torch._dynamo.reset()  # a fresh cache per model: no recompile limits hit across builds
-        runner = torch.compile(model)
 
-    def autocast() -> contextlib.AbstractContextManager:
-        if opts["bf16"]:
-            return torch.autocast(device_type=dev.type, dtype=torch.bfloat16)
-        return contextlib.nullcontext()
+    def __init__(self, key: str, build: str, device: Union[str, torch.device] = "cpu", batch: int = 1,
+                 frames: int = 8, size: int = 112, variant: str = "fp32") -> None:
+        opts = parse_variant(variant)
+        self.device = torch.device(device)
+        self.cuda = self.device.type == "cuda"
+        self.bf16, self.compile = opts["bf16"], opts["compile"]
+        torch.manual_seed(0)
+        self.model = build_model(key, build).to(self.device).train()
+        self.params = sum(p.numel() for p in self.model.parameters())
+        self.inputs = make_inputs(key, batch, frames, size, self.device, generator=torch.Generator().manual_seed(0))
+        if opts["cl3d"]:
+            self.model = self.model.to(memory_format=torch.channels_last_3d)
+            self.inputs = [t.contiguous(memory_format=torch.channels_last_3d) for t in self.inputs]
+        self.runner: Callable[..., torch.Tensor] = torch.compile(self.model) if self.compile else self.model
+        self.graph_breaks: Optional[int] = None
 
-    def step() -> None:
-        for p in model.parameters():
+    def clear_grads(self) -> None:
+        for p in self.model.parameters():
             p.grad = None
-        with autocast():
-            out = _forward(runner, inputs)
+
+    def sync(self) -> None:
+        if self.cuda:
+            torch.cuda.synchronize(self.device)
+
+    def step(self) -> None:
+        self.clear_grads()
+        ctx = torch.autocast(device_type=self.device.type, dtype=torch.bfloat16) if self.bf16 \
+            else contextlib.nullcontext()
+        with ctx:
+            out = _forward(self.runner, self.inputs)
         out.float().sum().backward()
 
-    def sync() -> None:
-        if cuda:
-            torch.cuda.synchronize(dev)
+    def warm_up(self) -> None:
+        """1 step (eager) or 3 (compiled: the forward and backward graphs are built and settle)."""
+        if self.compile:
+            torch._dynamo.utils.counters.clear()
+        for _ in range(3 if self.compile else 1):
+            self.step()
+        self.sync()
+        if self.compile:
+            # Graph breaks leave parts of a compiled model eager: reported so a slow compile is explained.
+            self.graph_breaks = int(sum(torch._dynamo.utils.counters["graph_break"].values()))
 
-    warmups = 1 + (2 if opts["compile"] else 0)
-    if cuda:
-        for _ in range(warmups):
-            step()
-        for p in model.parameters():
-            p.grad = None
-        sync()
-        base = torch.cuda.memory_allocated(dev)
-        torch.cuda.reset_peak_memory_stats(dev)
-        step()
-        sync()
-        peak, method = torch.cuda.max_memory_allocated(dev) - base, "cuda_max_allocated"
-    else:
-        for p in model.parameters():
-            p.grad = None
-        with _RssPeak() as rss:
-            step()  # the first step: memory high-water mark, and the warm-up
-        peak, method = rss.peak, rss.method
-        for _ in range(warmups - 1):
-            step()
-    times: List[float] = []
-    for _ in range(repeats):
-        for p in model.parameters():
-            p.grad = None
-        sync()
+    def timed_step(self) -> float:
+        self.clear_grads()
+        self.sync()
         t0 = time.perf_counter()
-        step()
-        sync()
-        times.append(time.perf_counter() - t0)
-    return {
-        "step_s": times,
-        "median_s": statistics.median(times),
-        "peak_bytes": int(peak),
-        "memory_method": method,
-        "params": int(params),
-    }
+        self.step()
+        self.sync()
+        return time.perf_counter() - t0
 
+    def peak_bytes(self) -> int:
+        """Peak tensor memory of one step above what is allocated before it (call after :meth:`warm_up`)."""
+        self.clear_grads()
+        gc.collect()
+        if self.cuda:
+            self.sync()
+            base = torch.cuda.memory_allocated(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self.step()
+            self.sync()
+            return torch.cuda.max_memory_allocated(self.device) - base
+        from torch.profiler import ProfilerActivity, profile
 
-def _worker_main() -> None:
-    """Subprocess entry: ``argv[1]`` JSON kwargs of :func:`measure`, ``argv[2]`` the result path."""
-    args = json.loads(sys.argv[1])
-    torch.set_num_threads(int(args.pop("num_threads")))
-    try:
-        result: Dict[str, Any] = measure(**args)
-    except Exception as e:  # reported to the parent, which decides whether it is fatal
-        import traceback
+        # The memory timeline needs shapes and stacks to attribute allocations to tensors.
+        with profile(activities=[ProfilerActivity.CPU], profile_memory=True, record_shapes=True,
+                     with_stack=True) as prof:
+            self.step()
+        with tempfile.TemporaryDirectory(prefix="avssl-bench-") as tmp:
+            path = os.path.join(tmp, "memory.json")
+            prof.export_memory_timeline(path, device="cpu")
+            with open(path) as f:
+                _, sizes = json.load(f)  # [timestamps, [bytes per category] per timestamp]
+        totals = [sum(s) for s in sizes]
+        # The first point holds the tensors that existed before the step (parameters, input).
+        return max(totals) - totals[0] if totals else 0
 
-        result = {"error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc()}
-    atomic_write_text(sys.argv[2], json.dumps(result))
-
-
-def _measure_in_fresh_process(**kwargs: Any) -> Dict[str, Any]:
-    kwargs["num_threads"] = torch.get_num_threads()
-    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    env = dict(os.environ)
-    env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-    with tempfile.TemporaryDirectory(prefix="avssl-bench-") as tmp:
-        path = os.path.join(tmp, "result.json")
-        proc = subprocess.run(
-            [sys.executable, "-c", "from avssl.bench.models import _worker_main; _worker_main()",
-             json.dumps(kwargs), path],
-            env=env, capture_output=True, text=True,
-        )
-        if not os.path.exists(path):
-            tail = (proc.stderr or proc.stdout or "").strip()[-2000:]
-            return {"error": f"measuring process exited with status {proc.returncode}: {tail}"}
-        with open(path) as f:
-            return json.load(f)
+    @property
+    def memory_method(self) -> str:
+        return "cuda_max_allocated" if self.cuda else "profiler_timeline"
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -379,6 +307,46 @@ def _ratio(a: Optional[float], b: Optional[float]) -> Optional[float]:
     if a is None or b is None or not b > 0 or not math.isfinite(a) or not math.isfinite(b):
         return None
     return a / b
+
+
+def _error(e: BaseException) -> str:
+    return f"{type(e).__name__}: {e}"
+
+
+def _measure_pair(key: str, builds: Sequence[str], dev: torch.device, batch: int, frames: int, size: int,
+                  repeats: int, variant: str) -> Dict[str, Dict[str, Any]]:
+    """Warm-up and memory of each build, then their interleaved timing; ``{build: result or {"error": ...}}``."""
+    cfg = dict(key=key, device=str(dev), batch=batch, frames=frames, size=size, variant=variant)
+    results: Dict[str, Dict[str, Any]] = {}
+    runners: Dict[str, BuildRunner] = {}
+    if parse_variant(variant)["compile"]:
+        torch._dynamo.reset()  # fresh compile caches for this pair (each build's code is compiled once)
+    for b in builds:
+        try:
+            r = BuildRunner(build=b, **cfg)
+            r.warm_up()
+            results[b] = {"peak_bytes": r.peak_bytes(), "memory_method": r.memory_method, "params": r.params,
+                          "graph_breaks": r.graph_breaks}
+            runners[b] = r
+        except Exception as e:  # a reference that fails is reported as "—"; run() raises for avssl
+            results[b] = {"error": _error(e)}
+    # Alternate the builds step by step (AB BA AB …): both see the same background load and thermal state.
+    times: Dict[str, List[float]] = {b: [] for b in runners}
+    order = list(runners)
+    for i in range(repeats):
+        for b in (order if i % 2 == 0 else order[::-1]):
+            try:
+                times[b].append(runners[b].timed_step())
+            except Exception as e:
+                results[b] = {"error": _error(e)}
+    for b, t in times.items():
+        if "error" not in results[b]:
+            results[b].update(step_s=t, median_s=statistics.median(t))
+    runners.clear()
+    gc.collect()
+    if dev.type == "cuda":
+        torch.cuda.empty_cache()
+    return results
 
 
 def run(
@@ -400,7 +368,8 @@ def run(
         batch: clips per step; the figures are reported per clip.
         frames: clip length T (SlowFast: slow T, fast 4T frames).
         size: spatial crop S (S×S).
-        repeats: timed steps after the warm-up (their median is reported).
+        repeats: timed steps per build after the warm-up (their median is reported); the two builds'
+            steps alternate.
         out: also write the rows as JSON to this path (atomically).
         variants: see the module docstring; default ``["fp32"]`` on CPU, four variants on CUDA.
         print_table: print the rich table.
@@ -409,21 +378,22 @@ def run(
     None), and for each build ``b`` in ``avssl``/``reference``: ``{b}_params``, ``{b}_ms`` (forward +
     backward per clip), ``{b}_clips_per_s``, ``{b}_mem_mib`` (peak extra memory per clip),
     ``{b}_gflop`` (forward + backward GFLOP per clip), ``{b}_peak_frac`` (fraction of the GPU's dense
-    bf16 peak; None on CPU or an unknown GPU), ``{b}_error`` (only when a reference build failed);
-    ``time_ratio`` and ``mem_ratio`` (avssl / reference, None without a reference) and ``memory_method``.
+    bf16 peak; None on CPU or an unknown GPU), ``{b}_graph_breaks`` (only for ``compile`` variants),
+    ``reference_error`` (only when the reference build failed); ``time_ratio`` and ``mem_ratio``
+    (avssl / reference, None without a reference) and ``memory_method``.
     """
     keys = list(MODELS) if names is None else list(names)
     for k in keys:
         _spec(k)
     for arg, v in (("batch", batch), ("frames", frames), ("size", size), ("repeats", repeats)):
-        if not isinstance(v, int) or v < 1:
+        if not isinstance(v, int) or isinstance(v, bool) or v < 1:
             raise ValueError(f"{arg} must be a positive int, got {v!r}")
     dev = torch.device(device)
+    if dev.type not in ("cpu", "cuda"):
+        raise ValueError(f"device must be 'cpu' or 'cuda[:N]', got {device!r}")
     cuda = dev.type == "cuda"
     if cuda and not torch.cuda.is_available():
         raise ValueError(f"device={device!r}: CUDA is not available")
-    if dev.type not in ("cpu", "cuda"):
-        raise ValueError(f"device must be 'cpu' or 'cuda[:N]', got {device!r}")
     variants = list(variants) if variants else (
         ["fp32", "bf16", "bf16+cl3d", "bf16+cl3d+compile"] if cuda else ["fp32"]
     )
@@ -432,10 +402,10 @@ def run(
     device_name = torch.cuda.get_device_name(dev) if cuda else "cpu"
     peak_tflops = bf16_peak_tflops(device_name) if cuda else None
 
-    rows: List[Dict[str, Any]] = []
     from rich.console import Console
 
     console = Console(stderr=True)
+    rows: List[Dict[str, Any]] = []
     prev_benchmark = torch.backends.cudnn.benchmark
     if cuda:
         torch.backends.cudnn.benchmark = True  # autotuned conv algorithms, for both builds alike
@@ -443,7 +413,12 @@ def run(
         for key in keys:
             spec = _spec(key)
             builds = ["avssl"] + (["reference"] if spec.reference else [])
-            flops = {b: count_flops(key, b, batch, frames, size) for b in builds}
+            flops: Dict[str, Optional[int]] = {}
+            for b in builds:
+                try:
+                    flops[b] = count_flops(key, b, batch, frames, size)
+                except Exception:  # e.g. an op without a meta kernel: FLOPs are then left out
+                    flops[b] = None
             for variant in variants:
                 row: Dict[str, Any] = {
                     "model": key, "variant": variant, "device": str(dev), "device_name": device_name,
@@ -453,18 +428,15 @@ def run(
                 for b in BUILDS:
                     for field in ("params", "ms", "clips_per_s", "mem_mib", "gflop", "peak_frac"):
                         row[f"{b}_{field}"] = None
+                status = console.status(f"bench models: {key} ({variant})", spinner="dots") if print_table \
+                    else contextlib.nullcontext()
+                with status:
+                    results = _measure_pair(key, builds, dev, batch, frames, size, repeats, variant)
                 for b in builds:
-                    kwargs = dict(key=key, build=b, device=str(dev), batch=batch, frames=frames, size=size,
-                                  repeats=repeats, variant=variant)
-                    with console.status(f"bench models: {key} {variant} ({b})", spinner="dots") if print_table \
-                            else contextlib.nullcontext():
-                        if cuda:
-                            res = _measure_cuda_safely(kwargs)
-                        else:
-                            res = _measure_in_fresh_process(**kwargs)
+                    res = results[b]
                     if "error" in res:
                         if b == "avssl":
-                            raise RuntimeError(f"bench models: {key} ({variant}, avssl) failed: {res['error']}")
+                            raise RuntimeError(f"bench models: {key} ({variant}, avssl build) failed: {res['error']}")
                         row["reference_error"] = res["error"]
                         continue
                     med = float(res["median_s"])
@@ -472,9 +444,12 @@ def run(
                     row[f"{b}_ms"] = 1e3 * med / batch
                     row[f"{b}_clips_per_s"] = batch / med
                     row[f"{b}_mem_mib"] = res["peak_bytes"] / MIB / batch
-                    row[f"{b}_gflop"] = flops[b] / 1e9 / batch
-                    if peak_tflops:
-                        row[f"{b}_peak_frac"] = flops[b] / med / (peak_tflops * 1e12)
+                    if flops[b] is not None:
+                        row[f"{b}_gflop"] = flops[b] / 1e9 / batch
+                        if peak_tflops:
+                            row[f"{b}_peak_frac"] = flops[b] / med / (peak_tflops * 1e12)
+                    if res.get("graph_breaks") is not None:
+                        row[f"{b}_graph_breaks"] = res["graph_breaks"]
                     row["memory_method"] = res["memory_method"]
                 row["time_ratio"] = _ratio(row["avssl_ms"], row["reference_ms"])
                 row["mem_ratio"] = _ratio(row["avssl_mem_mib"], row["reference_mem_mib"])
@@ -486,16 +461,6 @@ def run(
     if out:
         atomic_write_text(out, json.dumps(rows, indent=2))
     return rows
-
-
-def _measure_cuda_safely(kwargs: Dict[str, Any]) -> Dict[str, Any]:
-    try:
-        return measure(**kwargs)
-    except Exception as e:  # a reference that fails is reported as "—", an avssl failure is raised by run()
-        return {"error": f"{type(e).__name__}: {e}"}
-    finally:
-        gc.collect()
-        torch.cuda.empty_cache()
 
 
 def _fmt(v: Optional[float], spec: str, suffix: str = "") -> str:
@@ -516,8 +481,7 @@ def print_rows(rows: Sequence[Dict[str, Any]]) -> None:
     cuda = str(r0["device"]).startswith("cuda")
     mem_note = {
         "cuda_max_allocated": "peak allocated CUDA memory above model + input",
-        "rss_hwm": "peak resident-set growth of a fresh process",
-        "maxrss": "max-RSS growth of a fresh process",
+        "profiler_timeline": "peak allocated tensor memory above model + input (torch.profiler timeline)",
     }.get(str(r0.get("memory_method")), "peak memory")
     refs = {r["model"]: r["reference"] or "none" for r in rows}
     table = Table(
@@ -546,5 +510,9 @@ def print_rows(rows: Sequence[Dict[str, Any]]) -> None:
         table.add_row(*cells)
     console.print(table)
     for r in rows:
+        breaks = {b: r.get(f"{b}_graph_breaks") for b in BUILDS if r.get(f"{b}_graph_breaks")}
+        if breaks:
+            console.print(f"{r['model']} ({r['variant']}): torch.compile graph breaks: "
+                          + ", ".join(f"{b} {n}" for b, n in breaks.items()))
         if r.get("reference_error"):
             console.print(f"[yellow]{r['model']} ({r['variant']}): the reference build failed: {r['reference_error']}")

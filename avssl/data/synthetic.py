@@ -250,7 +250,10 @@ def plan_video(
     # Background: two colours blended by a texture, plus static grain.
     bg_type = _BACKGROUNDS[int(rng.integers(len(_BACKGROUNDS)))]
     c1 = [int(v) for v in rng.integers(0, 256, 3)]
-    c2 = c1 if bg_type == "flat" else [int(v) for v in rng.integers(0, 256, 3)]
+    # The texture's second colour is a muted variant of the first: busy enough to be a nuisance, not so
+    # loud that it drowns the moving object at the small sizes CPU runs use.
+    far = rng.integers(0, 256, 3)
+    c2 = c1 if bg_type == "flat" else [int(round(0.65 * a + 0.35 * b)) for a, b in zip(c1, far)]
     background: Dict[str, Any] = {
         "type": bg_type,
         "colours": [c1, c2],
@@ -263,7 +266,7 @@ def plan_video(
     bg_seg = (np.array(c1) / 255.0, np.array(c2) / 255.0)
 
     # Main object.
-    r0 = round(max(3.0, float(rng.uniform(0.07, 0.10)) * S), 4)
+    r0 = round(max(3.0, float(rng.uniform(0.10, 0.13)) * S), 4)
     shape = _SHAPES[int(rng.integers(len(_SHAPES)))]
     colour = _colour_far(rng, bg_seg, 0.4)
     obj_c = np.array(colour) / 255.0
@@ -274,7 +277,7 @@ def plan_video(
     # Distractors: smaller objects drifting smoothly at random, drawn behind the main object.
     distractors = []
     for _ in range(int(rng.integers(0, 3))):
-        rd = round(max(2.0, float(rng.uniform(0.04, 0.08)) * S), 4)
+        rd = round(max(2.0, float(rng.uniform(0.03, 0.06)) * S), 4)
         margin = 1.2 * rd + 1.5
         amp = [[_u(rng, 0.03, 0.2) * S for _ in range(2)] for _ in range(2)]
         centre = []

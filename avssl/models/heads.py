@@ -142,7 +142,9 @@ class ClassificationHead(nn.Module):
     def __init__(self, in_dim: int, num_classes: int, dropout: float = 0.0) -> None:
         super().__init__()
         if in_dim < 1 or num_classes < 1:
-            raise ValueError(f"ClassificationHead: in_dim and num_classes must be positive, got {in_dim}, {num_classes}")
+            raise ValueError(
+                f"ClassificationHead: in_dim and num_classes must be positive, got {in_dim}, {num_classes}"
+            )
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"ClassificationHead: dropout must be in [0, 1), got {dropout}")
         self.in_dim, self.num_classes = in_dim, num_classes
