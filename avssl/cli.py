@@ -34,6 +34,9 @@ def _add_synth(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--audio-rate", type=int, default=16000)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--val-fraction", type=float, default=0.25)
+    p.add_argument("--no-audio-fraction", type=float, default=0.0, help="fraction of videos written without sound")
+    p.add_argument("--nuisance", choices=["full", "low"], default="full",
+                   help="low: flat/gradient backgrounds and at most one distractor")
     p.add_argument("--workers", type=int, default=None)
     p.set_defaults(func=_run_synth)
 
@@ -52,6 +55,8 @@ def _run_synth(args: argparse.Namespace) -> int:
         seed=args.seed,
         val_fraction=args.val_fraction,
         workers=args.workers,
+        no_audio_fraction=args.no_audio_fraction,
+        nuisance=args.nuisance,
     )
     _print_mapping("synthetic corpus", summary)
     return 0
@@ -170,6 +175,8 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     m.add_argument("--frames", type=int, default=8)
     m.add_argument("--size", type=int, default=112)
     m.add_argument("--repeats", type=int, default=3)
+    m.add_argument("--variants", nargs="+", default=None,
+                   help="e.g. fp32 bf16 bf16+cl3d bf16+cl3d+compile (default: fp32 on CPU, all four on CUDA)")
     m.add_argument("--out", default=None)
     m.set_defaults(func=_run_bench_models)
 
@@ -215,6 +222,7 @@ def _run_bench_models(args: argparse.Namespace) -> int:
         size=args.size,
         repeats=args.repeats,
         out=args.out,
+        variants=args.variants,
     )
     return 0
 

@@ -301,3 +301,17 @@ def test_class_not_readable_from_colour():
     # the object's colour varies within a class as much as across classes
     obj = np.asarray(obj, float).reshape(10, 8, 3)
     assert obj.std(axis=1).mean() > 0.7 * obj.reshape(-1, 3).std(axis=0).mean()
+
+
+def test_low_nuisance_keeps_to_plain_backgrounds_and_one_distractor():
+    from avssl.data.synthetic import plan_video
+
+    entries = [plan_video(c, i, seconds=0.4, size=32, fps=10, nuisance="low") for c in ("orbit", "slide") for i in range(12)]
+    assert {e["nuisance"]["background"]["type"] for e in entries} <= {"flat", "gradient"}
+    assert max(e["nuisance"]["distractor_count"] for e in entries) <= 1
+    full = [plan_video("orbit", i, seconds=0.4, size=32, fps=10) for i in range(30)]
+    assert len({e["nuisance"]["background"]["type"] for e in full}) > 2
+    import pytest
+
+    with pytest.raises(ValueError, match="nuisance"):
+        plan_video("orbit", 0, nuisance="none")

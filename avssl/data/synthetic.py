@@ -121,6 +121,7 @@ _VARIANTS = (("", 1.0, 0, 1.0), ("_fast", 0.6, 3, 1.5), ("_slow", 1.6, 7, 0.7), 
 MAX_CLASSES = len(CLASS_NAMES) * len(_VARIANTS)
 _SHAPES = ("disc", "square", "diamond", "triangle", "ring", "plus")
 _BACKGROUNDS = ("flat", "gradient", "stripes", "checker", "blobs")
+NUISANCE_LEVELS = ("full", "low")
 _SPEED_RANGE = (0.85, 1.18)
 _AAC_RATES = (7350, 8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000, 64000, 88200, 96000)
 
@@ -229,8 +230,13 @@ def plan_video(
     fps: int = 25,
     audio_rate: int = 16000,
     seed: int = 0,
+    nuisance: str = "full",
 ) -> Dict[str, Any]:
     """The metadata entry of one video: parameters, nuisances, trajectory and events (JSON-able).
+
+    ``nuisance="full"`` draws every background type and 0–2 distractors; ``"low"`` keeps to flat and
+    gradient backgrounds and at most one distractor (colours, speed, phase and audio nuisances stay), for
+    runs that must learn from few videos at low resolution.
 
     Deterministic in (seed, class_name, index) and the format arguments. :func:`render_video` turns it
     into frames and a waveform; :func:`synthesize` adds ``label``, ``split``, ``has_audio`` and ``path``.
@@ -248,7 +254,10 @@ def plan_video(
     period = round(base_period * period_factor / speed, 4)
 
     # Background: two colours blended by a texture, plus static grain.
-    bg_type = _BACKGROUNDS[int(rng.integers(len(_BACKGROUNDS)))]
+    if nuisance not in NUISANCE_LEVELS:
+        raise ValueError(f"nuisance must be one of {NUISANCE_LEVELS}, got {nuisance!r}")
+    backgrounds = _BACKGROUNDS if nuisance == "full" else _BACKGROUNDS[:2]
+    bg_type = backgrounds[int(rng.integers(len(backgrounds)))]
     c1 = [int(v) for v in rng.integers(0, 256, 3)]
     # The texture's second colour is a muted variant of the first: busy enough to be a nuisance, not so
     # loud that it drowns the moving object at the small sizes CPU runs use.
@@ -276,7 +285,7 @@ def plan_video(
 
     # Distractors: smaller objects drifting smoothly at random, drawn behind the main object.
     distractors = []
-    for _ in range(int(rng.integers(0, 3))):
+    for _ in range(int(rng.integers(0, 3 if nuisance == "full" else 2))):
         rd = round(max(2.0, float(rng.uniform(0.03, 0.06)) * S), 4)
         margin = 1.2 * rd + 1.5
         amp = [[_u(rng, 0.03, 0.2) * S for _ in range(2)] for _ in range(2)]
@@ -802,7 +811,7 @@ def _check_args(classes: int, per_class: int, seconds: float, size: int, fps: in
 
 
 def _plan_corpus(classes: int, per_class: int, seconds: float, size: int, fps: int, audio_rate: int,
-                 seed: int, val_fraction: float, no_audio_fraction: float) -> Dict[str, Any]:
+                 seed: int, val_fraction: float, no_audio_fraction: float, nuisance: str = "full") -> Dict[str, Any]:
     names = class_names(classes)
     n_val = int(round(per_class * val_fraction))
     if val_fraction > 0 and per_class >= 2:
@@ -815,7 +824,8 @@ def _plan_corpus(classes: int, per_class: int, seconds: float, size: int, fps: i
     videos: Dict[str, Any] = {}
     for label, name in enumerate(names):
         for i in range(per_class):
-            e = plan_video(name, i, seconds=seconds, size=size, fps=fps, audio_rate=audio_rate, seed=seed)
+            e = plan_video(name, i, seconds=seconds, size=size, fps=fps, audio_rate=audio_rate, seed=seed,
+                           nuisance=nuisance)
             head = {
                 "video_id": e["video_id"],
                 "path": f"videos/{name}/{e['video_id']}.mp4",
@@ -832,7 +842,7 @@ def _plan_corpus(classes: int, per_class: int, seconds: float, size: int, fps: i
         "version": VERSION,
         "args": {"classes": classes, "per_class": per_class, "seconds": seconds, "size": size, "fps": fps,
                  "audio_rate": audio_rate, "seed": seed, "val_fraction": val_fraction,
-                 "no_audio_fraction": no_audio_fraction},
+                 "no_audio_fraction": no_audio_fraction, **({"nuisance": nuisance} if nuisance != "full" else {})},
         "classes": [
             {"label": k, "name": n, "pattern": pattern_of[n][0], "variant": pattern_of[n][1],
              "timbre": videos[f"{n}_0000"]["sound"]["timbre"]}
@@ -886,8 +896,12 @@ def synthesize(
     workers: Optional[int] = None,
     progress: bool = True,
     no_audio_fraction: float = 0.0,
+    nuisance: str = "full",
 ) -> Dict[str, Any]:
     """Write the synthetic corpus to ``out_dir`` (layout in the module docstring); return a summary.
+
+    ``nuisance="low"`` (flat/gradient backgrounds, at most one distractor) makes a corpus that tiny
+    encoders can learn from in minutes on a CPU; ``"full"`` (default) is the harder one.
 
     Args:
         classes: number of classes (1-40; see :func:`class_names`).
@@ -915,7 +929,8 @@ def synthesize(
     audio_rate, seed = int(audio_rate), int(seed)
     seconds, val_fraction, no_audio_fraction = float(seconds), float(val_fraction), float(no_audio_fraction)
     out = os.path.abspath(os.fspath(out_dir))
-    meta = _plan_corpus(classes, per_class, seconds, size, fps, audio_rate, seed, val_fraction, no_audio_fraction)
+    meta = _plan_corpus(classes, per_class, seconds, size, fps, audio_rate, seed, val_fraction, no_audio_fraction,
+                        nuisance)
     meta_text = _to_json(meta) + "\n"
     meta_path = os.path.join(out, "metadata.json")
     if os.path.isfile(meta_path):
