@@ -19,6 +19,7 @@ from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint
 
 from avssl.errors import NonFiniteLossError  # noqa: F401  (re-exported)
+from avssl.utils import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -126,15 +127,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     interrupted save never leaves a truncated ``last.ckpt``."""
 
     def save_checkpoint(self, checkpoint: Dict[str, Any], path: Any, storage_options: Optional[Any] = None) -> None:
-        path = os.fspath(path)
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        tmp = f"{path}.tmp-{os.getpid()}"
-        try:
-            torch.save(checkpoint, tmp)
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.remove(tmp)
+        atomic_write(path, lambda f: torch.save(checkpoint, f))
 
 
 class EpochSetter(Callback):

@@ -10,7 +10,9 @@ import torch
 sys.path.insert(0, os.path.dirname(__file__))
 import media  # noqa: E402
 
-torch.set_num_threads(min(2, torch.get_num_threads()))
+# One intra-op thread: the tests' tiny tensors gain nothing from more, and OpenMP threads spinning
+# for a busy core make them several times slower on a shared machine.
+torch.set_num_threads(1)
 
 
 def pytest_collection_modifyitems(config, items):

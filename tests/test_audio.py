@@ -19,8 +19,6 @@ from avssl.data.audio import (
     build_audio_transform,
 )
 
-torch.set_num_threads(1)
-
 
 # -- independent references (numpy only) ----------------------------------------------------------
 def hz_to_mel(f):

@@ -14,15 +14,6 @@ STAGES = ["stem", "res2", "res3", "res4", "res5"]
 SIZES = [(1, 80, 200), (2, 257, 100), (2, 40, 33)]  # B, F, T
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread: these tiny convolutions gain nothing from more on a shared machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _halve(n: int, times: int = 1) -> int:
     """Output length of `times` stride-2 'same'-padded convs / pools: ceil(n / 2) each time."""
     for _ in range(times):

@@ -10,15 +10,7 @@ import torch
 from avssl.bench import models as bench
 
 
-@pytest.fixture
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)  # less contention on a shared machine
-    yield
-    torch.set_num_threads(n)
-
-
-def test_run_r2plus1d_smoke(tmp_path, one_thread, capsys):
+def test_run_r2plus1d_smoke(tmp_path, capsys):
     out = tmp_path / "bench.json"
     rows = bench.run(names=["r2plus1d_18"], size=32, frames=4, repeats=1, out=str(out))
     assert len(rows) == 1

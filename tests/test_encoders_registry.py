@@ -26,15 +26,6 @@ DEFAULT_OUT_DIM = {
 }
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread: these tiny convolutions gain nothing from more on a shared machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _kind(name: str) -> str:
     if name.startswith("avslowfast"):
         return "avslowfast"

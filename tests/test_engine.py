@@ -68,8 +68,7 @@ def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
     assert torch.load(path)["a"].sum() == 2
 
     def crash(obj, f, *a, **k):
-        with open(f, "wb") as fh:
-            fh.write(b"partial")
+        f.write(b"partial")
         raise OSError("disk full")
 
     monkeypatch.setattr(torch, "save", crash)

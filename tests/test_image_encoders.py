@@ -11,15 +11,6 @@ from avssl.models import build_encoder
 STAGES = ["stem", "res2", "res3", "res4", "res5"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread: these tiny convolutions gain nothing from more on a shared machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _backbone_params(model: nn.Module) -> int:
     return sum(p.numel() for n, p in model.named_parameters() if not n.startswith("fc."))
 

@@ -20,15 +20,6 @@ from avssl.eval.linear import (
 )
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Tiny problems: with several intra-op threads on a busy machine, thread hand-offs dominate.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _gen(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 

@@ -17,16 +17,6 @@ POOL_K = {1: (2,), 2: (2, 2), 3: (1, 2, 2)}
 Pos = Tuple[int, ...]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread: these tiny convolutions gain nothing from more, and on a shared machine
-    OpenMP workers spinning for a busy core make them several times slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _randomise(block: NonLocalBlock, seed: int = 0) -> NonLocalBlock:
     """Large random convs (so attention is far from uniform), a non-zero W_z BN (so the block is not the
     identity) with random running statistics; eval mode."""

@@ -14,16 +14,6 @@ from avssl.models.resnet3d import NONLOCAL_R50_STAGES, STAGE_NAMES
 NAMES = ["r3d_18", "r3d_34", "r2plus1d_18", "r2plus1d_18_avid", "i3d_r50", "r3d_tiny", "r2plus1d_tiny"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread: these tiny convolutions gain nothing from more, and on a shared machine
-    OpenMP workers spinning for a busy core make them several times slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def n_params(m: nn.Module) -> int:
     return sum(p.numel() for p in m.parameters())
 

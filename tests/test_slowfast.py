@@ -17,16 +17,6 @@ from avssl.models.slowfast import FUSIONS, SLOWFAST_NL_STAGES, FastToSlow
 STAGES = ["stem", "res2", "res3", "res4", "res5"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread: these tiny convolutions gain nothing from more, and on a shared machine
-    OpenMP workers spinning for a busy core make them several times slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def n_params(m: nn.Module) -> int:
     return sum(p.numel() for p in m.parameters())
 

@@ -28,8 +28,6 @@ from avssl.data.transforms import (
     build_video_transform,
 )
 
-torch.set_num_threads(1)
-
 
 def gen(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)

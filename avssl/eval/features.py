@@ -19,12 +19,13 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Union
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from avssl.utils import atomic_write
 
 Device = Union[str, torch.device]
 PathLike = Union[str, "os.PathLike[str]"]
@@ -226,20 +227,7 @@ def save_features(path: PathLike, feats: Dict[str, Any]) -> None:
     missing = [k for k in FEATURE_KEYS if k not in feats]
     if missing:
         raise KeyError(f"cannot save features to {path}: missing keys {missing}")
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=os.path.basename(path), dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(feats, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    atomic_write(path, lambda f: torch.save(feats, f))
 
 
 def load_features(path: PathLike, map_location: Union[str, torch.device] = "cpu") -> Dict[str, Any]:
