@@ -235,8 +235,8 @@ def plan_video(
     """The metadata entry of one video: parameters, nuisances, trajectory and events (JSON-able).
 
     ``nuisance="full"`` draws every background type and 0–2 distractors; ``"low"`` keeps to flat and
-    gradient backgrounds and at most one distractor (colours, speed, phase and audio nuisances stay), for
-    runs that must learn from few videos at low resolution.
+    gradient backgrounds and at most one distractor (colours, shape, speed, phase and audio nuisances
+    stay random).
 
     Deterministic in (seed, class_name, index) and the format arguments. :func:`render_video` turns it
     into frames and a waveform; :func:`synthesize` adds ``label``, ``split``, ``has_audio`` and ``path``.
@@ -900,8 +900,8 @@ def synthesize(
 ) -> Dict[str, Any]:
     """Write the synthetic corpus to ``out_dir`` (layout in the module docstring); return a summary.
 
-    ``nuisance="low"`` (flat/gradient backgrounds, at most one distractor) makes a corpus that tiny
-    encoders can learn from in minutes on a CPU; ``"full"`` (default) is the harder one.
+    ``nuisance="low"`` (flat/gradient backgrounds, at most one distractor) gives a less cluttered corpus;
+    ``"full"`` (default) is the harder one.
 
     Args:
         classes: number of classes (1-40; see :func:`class_names`).
