@@ -13,34 +13,9 @@ import torch.nn as nn
 
 from avssl.models import NonLocalBlock, available_encoders, build_encoder
 from avssl.models.slowfast import FUSIONS, SLOWFAST_NL_STAGES, FastToSlow
+from modelcheck import copy_by_order, n_params, randomise_bn  # noqa: E402
 
 STAGES = ["stem", "res2", "res3", "res4", "res5"]
-
-
-def n_params(m: nn.Module) -> int:
-    return sum(p.numel() for p in m.parameters())
-
-
-def copy_by_order(src: nn.Module, dst: nn.Module) -> None:
-    sp, dp = list(src.parameters()), list(dst.parameters())
-    sb = [b for n, b in src.named_buffers() if not n.endswith("num_batches_tracked")]
-    db = [b for n, b in dst.named_buffers() if not n.endswith("num_batches_tracked")]
-    assert len(sp) == len(dp) and len(sb) == len(db)
-    with torch.no_grad():
-        for a, b in zip(sp + sb, dp + db):
-            assert a.shape == b.shape
-            b.copy_(a)
-
-
-def randomise_bn(m: nn.Module, seed: int = 0) -> None:
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for bn in m.modules():
-            if isinstance(bn, nn.modules.batchnorm._BatchNorm):
-                bn.weight.copy_(torch.rand(bn.weight.shape, generator=g) + 0.5)
-                bn.bias.copy_(torch.rand(bn.bias.shape, generator=g) * 0.2 - 0.1)
-                bn.running_mean.copy_(torch.rand(bn.running_mean.shape, generator=g) * 0.2 - 0.1)
-                bn.running_var.copy_(torch.rand(bn.running_var.shape, generator=g) + 0.5)
 
 
 def clip(t_slow: int = 2, alpha: int = 4, b: int = 2, seed: int = 0) -> List[torch.Tensor]:

@@ -149,7 +149,7 @@ def probe(path: str | os.PathLike) -> Dict[str, Any]:
                     first_frame_ok = True
                     break
             except av.error.FFmpegError:
-                pass
+                first_frame_ok = False  # reported just below
         if not first_frame_ok:
             raise DecodeError(path, "no video frame could be decoded")
         # AVI headers written by ffmpeg count one frame more than they hold: allow that one.

@@ -16,7 +16,7 @@ from avssl.engine import NonFiniteLossError, build_optimizer, build_scheduler
 
 @dataclass
 class BaseMethodConfig(MethodConfig):
-    pass
+    """Keys every method takes (``name``); each method's ``Config`` extends it."""
 
 
 class Method(L.LightningModule):
