@@ -243,7 +243,9 @@ def _read_video_pyav(path: str, times: np.ndarray, origin: float = 0.0) -> Tuple
     container = _open_container(path)
     try:
         vs = container.streams.video[0]
-        vs.thread_type = "AUTO"
+        # Slice threading only: with frame threading, closing the container after leaving the decode
+        # loop early (as a clip read does) can deadlock in FFmpeg's frame-thread teardown.
+        vs.thread_type = "SLICE"
         tb = float(vs.time_base)
         t0, t1 = float(times[0]), float(times[-1])
         try:

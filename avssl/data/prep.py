@@ -219,7 +219,8 @@ def _transcode(
     outputs: List[Any] = []
     try:
         vin = inp.streams.video[0]
-        vin.thread_type = "AUTO"
+        # Slice threading only: frame threading can deadlock when a trimmed read stops early and closes.
+        vin.thread_type = "SLICE"
         vin.codec_context.thread_count = threads
         # Audio is decoded only when something takes it: the mp4's track or the extracted file.
         wants_audio = with_audio and (video_dst is not None or (audio_dst is not None and audio_format is not None))
