@@ -1,33 +1,43 @@
 """Small shared helpers: atomic writes."""
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
-from typing import BinaryIO, Callable, Union
+from typing import BinaryIO, Callable, Iterator, Union
 
 PathLike = Union[str, "os.PathLike[str]"]
 
 
-def atomic_write(path: PathLike, write: Callable[[BinaryIO], None]) -> None:
-    """Call ``write(f)`` on a temp file in ``path``'s folder, fsync it, then ``os.replace`` it onto ``path``.
+@contextlib.contextmanager
+def atomic_path(path: PathLike) -> Iterator[str]:
+    """Yield a temporary path in ``path``'s folder; on success it is renamed onto ``path``, on error removed.
 
-    A reader (or a crash) never sees a half-written file under the final name, and a failed write leaves
-    the previous file as it was.
+    For writers that need a file name (e.g. a media muxer). A reader (or a crash) never sees a
+    half-written file under the final name, and a failed write leaves the previous file as it was.
+    The temporary name keeps the extension, so format guessing still works.
     """
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=os.path.basename(path), dir=folder)
+    os.close(fd)
     try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
+        yield tmp
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.remove(tmp)
         raise
+
+
+def atomic_write(path: PathLike, write: Callable[[BinaryIO], None]) -> None:
+    """Call ``write(f)`` on a temp file beside ``path``, fsync it, then rename it onto ``path``."""
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
 
 
 def atomic_write_bytes(path: PathLike, data: bytes) -> None:

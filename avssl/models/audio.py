@@ -39,7 +39,7 @@ import torch
 import torch.nn as nn
 
 from avssl.models import ENCODERS
-from avssl.models.base import Encoder
+from avssl.models.base import Encoder, init_conv_bn_
 from avssl.models.image import ResNet2d, check_2d_input, stem_width
 
 STAGE_NAMES = ("res2", "res3", "res4", "res5")
@@ -97,12 +97,7 @@ class AvidAudioConv(Encoder):
         self.block3 = AvidConvBlock(2 * c, 4 * c, stride=2)
         self.block4 = AvidConvBlock(4 * c, 8 * c, stride=1)
         self.out_dim = 8 * c
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+        init_conv_bn_(self)
 
     def forward_features(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
         """B×1×F×T -> ordered ``{"stem", "res2", "res3", "res4", "res5"}`` maps, each B×C'×F'×T'."""

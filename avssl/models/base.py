@@ -27,3 +27,16 @@ class Encoder(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         feats = self.forward_features(x)
         return self.pool(next(reversed(feats.values())))
+
+
+def init_conv_bn_(model: nn.Module) -> None:
+    """The ResNet init every encoder shares: Kaiming-normal (fan_out) convolutions with zero biases,
+    BatchNorm γ=1, β=0."""
+    for m in model.modules():
+        if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.modules.batchnorm._BatchNorm) and m.affine:
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)

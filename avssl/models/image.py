@@ -34,7 +34,7 @@ import torch.nn as nn
 from torchvision.models.resnet import BasicBlock, Bottleneck
 
 from avssl.models import ENCODERS
-from avssl.models.base import Encoder
+from avssl.models.base import Encoder, init_conv_bn_
 
 STAGE_NAMES = ("res2", "res3", "res4", "res5")
 _BLOCKS: Dict[str, Type[Union[BasicBlock, Bottleneck]]] = {"basic": BasicBlock, "bottleneck": Bottleneck}
@@ -120,12 +120,7 @@ class ResNet2d(Encoder):
 
     def reset_parameters(self, zero_init_residual: bool = False) -> None:
         """torchvision's ResNet init: Kaiming-normal (fan_out) convs, BN γ=1 β=0."""
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+        init_conv_bn_(self)
         if zero_init_residual:
             # Each residual branch then starts as the identity (Goyal et al., 2017).
             for m in self.modules():

@@ -44,7 +44,7 @@ import torch
 import torch.nn as nn
 
 from avssl.models import ENCODERS
-from avssl.models.base import Encoder
+from avssl.models.base import Encoder, init_conv_bn_
 from avssl.models.nonlocal_block import NonLocalBlock
 
 STAGE_NAMES: Tuple[str, ...] = ("res2", "res3", "res4", "res5")
@@ -350,15 +350,9 @@ def init_weights(model: nn.Module, zero_init_residual: bool = False) -> None:
     With ``zero_init_residual`` the BN closing each residual branch starts at γ=0 (Goyal et al.), as
     PySlowFast's ZERO_INIT_FINAL_BN.
     """
+    init_conv_bn_(model)
     for m in model.modules():
-        if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
-            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.modules.batchnorm._BatchNorm) and m.affine:
-            nn.init.ones_(m.weight)
-            nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.Linear):
+        if isinstance(m, nn.Linear):
             nn.init.normal_(m.weight, 0.0, 0.01)
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
