@@ -5,7 +5,6 @@ import argparse
 import logging
 import os
 import sys
-import time
 from typing import List, Optional
 
 log = logging.getLogger("avssl")
@@ -149,7 +148,7 @@ def _run_finetune(args: argparse.Namespace) -> int:
 # -- bench ---------------------------------------------------------------------------------------
 def _add_bench(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("bench", help="benchmarks, each measured side by side with a reference in the same run")
-    bsub = p.add_subparsers(dest="bench", required=True, metavar="{data,prep,models}")
+    bsub = p.add_subparsers(dest="bench", required=True, metavar="{data,prep,models,cma}")
 
     d = bsub.add_parser("data", help="clips/s of decode+augment: avssl vs pytorchvideo's LabeledVideoDataset")
     d.add_argument("--corpus", default=None, help="a corpus folder (default: generate one)")
@@ -180,6 +179,17 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     m.add_argument("--out", default=None)
     m.set_defaults(func=_run_bench_models)
 
+    c = bsub.add_parser("cma", help="CMA positive-set search: chunked vs the naive full N×N similarity matrices")
+    c.add_argument("--sizes", type=int, nargs="+", default=[20000, 100000])
+    c.add_argument("--dim", type=int, default=128)
+    c.add_argument("--k", type=int, default=32)
+    c.add_argument("--chunk-size", type=int, default=4096)
+    c.add_argument("--agreement", default="min")
+    c.add_argument("--naive-max-n", type=int, default=20000)
+    c.add_argument("--device", default=None)
+    c.add_argument("--out", default=None, help="write the rows as JSON here")
+    c.set_defaults(func=_run_bench_cma)
+
 
 def _cuda() -> bool:
     try:
@@ -208,6 +218,19 @@ def _run_bench_prep(args: argparse.Namespace) -> int:
         workers=args.workers,
         out=args.out,
     )
+    return 0
+
+
+def _run_bench_cma(args: argparse.Namespace) -> int:
+    from avssl.bench.cma import main
+
+    argv = ["--sizes", *map(str, args.sizes), "--dim", str(args.dim), "--k", str(args.k), "--chunk-size",
+            str(args.chunk_size), "--agreement", args.agreement, "--naive-max-n", str(args.naive_max_n)]
+    if args.device:
+        argv += ["--device", args.device]
+    if args.out:
+        argv += ["--json", args.out]
+    main(argv)
     return 0
 
 
@@ -307,11 +330,17 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--epochs", type=int, default=None, help="override the demo configs' trainer.max_epochs")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workers", type=int, default=None)
+    p.add_argument("--image", action="store_true",
+                   help="the image branch instead: simclr, byol, barlow_twins and swav on the digits set vs random init")
     p.set_defaults(func=_run_demo)
 
 
 def _run_demo(args: argparse.Namespace) -> int:
-    from avssl.demo import run_demo
+    from avssl.demo import run_demo, run_image_demo
+
+    if args.image:
+        run_image_demo(out=args.out, epochs=args.epochs, seed=args.seed)
+        return 0
 
     run_demo(out=args.out, classes=args.classes, per_class=args.per_class, seconds=args.seconds, size=args.size,
              epochs=args.epochs, seed=args.seed, workers=args.workers)

@@ -39,13 +39,18 @@ class EncoderConfig:
 class ModelConfig:
     video: Optional[EncoderConfig] = field(default_factory=EncoderConfig)
     audio: Optional[EncoderConfig] = None
+    image: Optional[EncoderConfig] = None
 
 
 @dataclass
 class DataConfig:
-    """Where the clips come from and how they are cut (see :class:`avssl.data.VideoDataset`)."""
+    """Where the clips (or images) come from and how they are cut (see :class:`avssl.data.VideoDataset`
+    and :mod:`avssl.data.images`)."""
 
-    train: Optional[str] = None  # manifest.csv / folder tree / Kinetics CSV / UCF-HMDB split file
+    kind: str = "video"  # video | image
+    # video: manifest.csv / folder tree / Kinetics CSV / UCF-HMDB split file;
+    # image: "digits" (scikit-learn's bundled set), a folder per class, or a video manifest (its frames)
+    train: Optional[str] = None
     val: Optional[str] = None  # defaults to ``train`` (with val_split) when unset
     video_root: Optional[str] = None
     train_split: Optional[str] = "train"
@@ -67,6 +72,10 @@ class DataConfig:
     num_workers: int = 2
     max_failure_fraction: float = 0.1
     backend: str = "decord"
+    image_size: int = 32  # image side (kind=image)
+    frames_per_video: int = 4  # kind=image over a video manifest: frames taken from each video
+    augment: Optional[str] = None  # image view recipe (simclr, byol, swav, ...); default: the method's name
+    augment_kwargs: Dict[str, Any] = field(default_factory=dict)  # e.g. {min_scale: 0.3}
 
 
 @dataclass

@@ -104,7 +104,11 @@ def encoder_from(cfg: Any, checkpoint: Optional[str], modality: str) -> Any:
     from avssl.methods.base import Method
 
     L.seed_everything(cfg.seed, verbose=False)
-    enc_cfg = cfg.model.video if modality == "video" else cfg.model.audio
+    if modality not in ("video", "audio", "image"):
+        raise ValueError(f"modality must be video, audio or image, got {modality!r}")
+    enc_cfg = getattr(cfg.model, modality)
+    if enc_cfg is None:
+        raise ValueError(f"model.{modality} is not set in the config: name the {modality} encoder to evaluate")
     return Method.make_encoder(enc_cfg).eval()
 
 

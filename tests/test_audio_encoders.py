@@ -116,3 +116,19 @@ def test_wrong_input_is_a_clear_error(name):
         enc(torch.randn(2, 80, 100))  # channel axis missing
     with pytest.raises(ValueError, match=r"got \(2, 2, 80, 100\)"):
         enc(torch.randn(2, 2, 80, 100))
+
+
+def test_clip_input_norm_makes_audio_features_invariant_to_gain_and_stationary_colour():
+    from avssl.models import build_encoder
+    from avssl.models.audio import subtract_time_mean
+
+    torch.manual_seed(0)
+    x = torch.randn(2, 1, 40, 50)
+    # In log-mel, a gain is a constant and stationary noise colour a per-frequency offset.
+    offset = torch.randn(2, 1, 40, 1) + 3.0
+    assert torch.allclose(subtract_time_mean(x).mean(-1), torch.zeros(2, 1, 40), atol=1e-6)
+    enc = build_encoder("audio_conv_tiny", base_channels=4, input_norm="clip").eval()
+    with torch.no_grad():
+        assert torch.allclose(enc(x), enc(x + offset), atol=1e-4)
+        plain = build_encoder("audio_conv_tiny", base_channels=4).eval()
+        assert not torch.allclose(plain(x), plain(x + offset), atol=1e-2)

@@ -233,3 +233,22 @@ def test_zero_init_residual() -> None:
     assert all(float(u.bn2.weight.detach().abs().sum()) == 0 for s in STAGE_NAMES for u in getattr(m, s).blocks)
     with pytest.raises(ValueError, match="AvidR2Plus1dBlock"):
         build_encoder("r2plus1d_18_avid", base_channels=8, zero_init_residual=True)
+
+
+def test_clip_input_norm_makes_features_invariant_to_a_per_clip_colour_offset():
+    from avssl.models import build_encoder
+    from avssl.models.resnet3d import subtract_clip_mean
+
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 4, 16, 16)
+    offset = torch.randn(2, 3, 1, 1, 1) * 2.0  # a different background colour per clip
+    y = subtract_clip_mean(x)
+    assert torch.allclose(y.mean(dim=(2, 3, 4)), torch.zeros(2, 3), atol=1e-6)
+    enc = build_encoder("r3d_tiny", base_channels=4).eval()  # input_norm="clip" by default
+    assert enc.input_norm == "clip"
+    with torch.no_grad():
+        assert torch.allclose(enc(x), enc(x + offset), atol=1e-4)
+        plain = build_encoder("r3d_tiny", base_channels=4, input_norm=None).eval()
+        assert not torch.allclose(plain(x), plain(x + offset), atol=1e-2)
+    with pytest.raises(ValueError, match="input_norm"):
+        build_encoder("r3d_18", input_norm="frame")

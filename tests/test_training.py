@@ -86,7 +86,7 @@ def test_two_process_ddp_equals_one_process_on_the_same_global_batch(synth_corpu
 
 def test_finetuning_beats_chance_by_a_wide_margin(synth_corpus, tmp_path):
     """Supervised fine-tuning with multi-view testing on the synthetic corpus (audio encoder: its classes'
-    sounds are learnable from 24 clips in seconds on a CPU, which the tiny video encoders' motion is not)."""
+    sounds are learnable from 24 clips in seconds on a CPU)."""
     from avssl.eval.finetune import finetune_and_evaluate
 
     cfg = load_config(overrides=tiny_overrides(synth_corpus, tmp_path, **{

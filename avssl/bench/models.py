@@ -77,6 +77,32 @@ BF16_PEAK_TFLOPS: Tuple[Tuple[str, float], ...] = (
 )
 
 
+def peak_bytes(fn: Callable[[], Any], device: torch.device) -> int:
+    """Peak tensor memory of ``fn()`` above what is allocated before it: CUDA's peak-allocation counter
+    on a GPU, the torch.profiler memory timeline on the CPU."""
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        base = torch.cuda.memory_allocated(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        fn()
+        torch.cuda.synchronize(device)
+        return torch.cuda.max_memory_allocated(device) - base
+    from torch.profiler import ProfilerActivity, profile
+
+    # The memory timeline needs shapes and stacks to attribute allocations to tensors.
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True, record_shapes=True, with_stack=True) as prof:
+        fn()
+    with tempfile.TemporaryDirectory(prefix="avssl-bench-") as tmp:
+        path = os.path.join(tmp, "memory.json")
+        prof.export_memory_timeline(path, device="cpu")
+        with open(path) as f:
+            _, sizes = json.load(f)  # [timestamps, [bytes per category] per timestamp]
+    totals = [sum(s) for s in sizes]
+    # The first point holds the tensors that existed before (parameters, inputs).
+    return int(max(totals) - totals[0]) if totals else 0
+
+
 @dataclass(frozen=True)
 class ModelSpec:
     """One benchmarked architecture: the avssl build, its input kind, and the reference's label."""
@@ -264,28 +290,7 @@ class BuildRunner:
     def peak_bytes(self) -> int:
         """Peak tensor memory of one step above what is allocated before it (call after :meth:`warm_up`)."""
         self.clear_grads()
-        gc.collect()
-        if self.cuda:
-            self.sync()
-            base = torch.cuda.memory_allocated(self.device)
-            torch.cuda.reset_peak_memory_stats(self.device)
-            self.step()
-            self.sync()
-            return torch.cuda.max_memory_allocated(self.device) - base
-        from torch.profiler import ProfilerActivity, profile
-
-        # The memory timeline needs shapes and stacks to attribute allocations to tensors.
-        with profile(activities=[ProfilerActivity.CPU], profile_memory=True, record_shapes=True,
-                     with_stack=True) as prof:
-            self.step()
-        with tempfile.TemporaryDirectory(prefix="avssl-bench-") as tmp:
-            path = os.path.join(tmp, "memory.json")
-            prof.export_memory_timeline(path, device="cpu")
-            with open(path) as f:
-                _, sizes = json.load(f)  # [timestamps, [bytes per category] per timestamp]
-        totals = [sum(s) for s in sizes]
-        # The first point holds the tensors that existed before the step (parameters, input).
-        return max(totals) - totals[0] if totals else 0
+        return peak_bytes(self.step, torch.device(self.device))
 
     @property
     def memory_method(self) -> str:

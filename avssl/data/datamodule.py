@@ -34,8 +34,60 @@ def _video_transform(d: Any, train: bool, crops: int = 1):
     return build_video_transform(**kw)
 
 
-def make_dataset(cfg: Any, part: str, train: bool, needs_audio: bool) -> VideoDataset:
-    """A VideoDataset over the ``part`` ("train" or "val") of ``cfg.data``.
+def make_image_dataset(cfg: Any, part: str, train: bool) -> Any:
+    """An image dataset (``data.kind: image``) over the ``part`` ("train" or "val") of ``cfg.data``.
+
+    ``data.train`` names the images: ``digits`` (scikit-learn's bundled handwritten digits; val = its
+    held-out split), a folder per class (``data.val`` another folder), or a video corpus whose frames
+    are the images (manifest / folder tree, ``data.frames_per_video`` frames per video, split by
+    ``train_split`` / ``val_split``). Training items carry the views of ``data.augment`` (default: the
+    recipe named after the method, e.g. ``byol``'s asymmetric pair or ``swav``'s multi-crop, else
+    SimCLR's); evaluation items one centre view.
+    """
+    import os
+
+    from avssl.data.image_transforms import EvalImageTransform, available_image_augments, build_image_augment
+    from avssl.data.images import DigitsDataset, ImageFolderDataset, VideoFramesDataset
+
+    d = cfg.data
+    if train:
+        recipe = d.augment or (cfg.method.name if cfg.method.name in available_image_augments() else "simclr")
+        try:
+            transform: Any = build_image_augment(recipe, d.image_size, **dict(d.augment_kwargs or {}))
+        except TypeError as e:
+            raise ValueError(f"data.augment_kwargs {dict(d.augment_kwargs or {})} do not fit the {recipe!r} "
+                             f"augmentation: {e}") from None
+    else:
+        transform = EvalImageTransform(d.image_size)
+    src = d.train if part == "train" else (d.val or d.train)
+    if src is None:
+        raise ValueError("data.train is not set: use 'digits', a folder of class folders, or a video manifest")
+    if src == "digits":
+        return DigitsDataset("train" if part == "train" else "test", size=d.image_size, transform=transform,
+                             seed=cfg.seed)
+    if os.path.isdir(src) and d.video_root is None and not _looks_like_videos(src):
+        return ImageFolderDataset(src, transform=transform, seed=cfg.seed, max_failure_fraction=d.max_failure_fraction)
+    split = d.train_split if part == "train" else d.val_split
+    return VideoFramesDataset(src, split=split or None, frames_per_video=d.frames_per_video, size=d.image_size,
+                              transform=transform, seed=cfg.seed, video_root=d.video_root,
+                              max_failure_fraction=d.max_failure_fraction, backend=d.backend)
+
+
+def _looks_like_videos(folder: str) -> bool:
+    import os
+
+    from avssl.data.manifest import VIDEO_EXTENSIONS
+
+    for _, _, files in os.walk(folder):
+        for f in files:
+            if f.lower().endswith(tuple(VIDEO_EXTENSIONS)):
+                return True
+    return False
+
+
+def make_dataset(cfg: Any, part: str, train: bool, needs_audio: bool) -> Any:
+    """A VideoDataset over the ``part`` ("train" or "val") of ``cfg.data`` (an image dataset with
+    ``data.kind: image``, see :func:`make_image_dataset`).
 
     ``train=True`` gives random clips with training augmentation; ``train=False`` gives the test views
     (``data.test_clips`` uniform clips × ``data.test_crops`` crops) — also used on the train part to
@@ -44,6 +96,10 @@ def make_dataset(cfg: Any, part: str, train: bool, needs_audio: bool) -> VideoDa
     d = cfg.data
     if part not in ("train", "val"):
         raise ValueError(f"part must be 'train' or 'val', got {part!r}")
+    if d.kind == "image":
+        return make_image_dataset(cfg, part, train)
+    if d.kind != "video":
+        raise ValueError(f"data.kind must be 'video' or 'image', got {d.kind!r}")
     src = d.train if part == "train" else (d.val or d.train)
     if src is None:
         raise ValueError("data.train is not set: point it at a manifest.csv, a folder tree, a Kinetics CSV or a split file")

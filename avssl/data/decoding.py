@@ -15,7 +15,6 @@ track gives ``audio=None``; a window that runs past the end of the file is clamp
 from __future__ import annotations
 
 import logging
-import math
 import os
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence, Tuple

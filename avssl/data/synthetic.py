@@ -60,9 +60,10 @@ distractors, so it is never occluded.
 
 Generation is deterministic: a video's random numbers come from ``numpy.random.SeedSequence`` of
 (seed, CRC-32 of its class name, its index), so a video does not depend on how many classes or
-videos are asked for, nor on the number of workers. Encoding uses one x264 thread, so the same
-arguments give byte-identical mp4 files (checked with PyAV 18.1 / its bundled ffmpeg), not only the
-same decoded pixels. All files are written under a temporary name in their folder and renamed into
+videos are asked for, nor on the number of workers. The same arguments render the same frames and
+sound; encoding uses one x264 thread, and the mp4 files come out byte-identical in almost every run
+(PyAV 18.1 / its bundled ffmpeg), though a re-encode inside a long test session once gave a slightly
+different bitstream for the same frames, so nothing relies on byte identity. All files are written under a temporary name in their folder and renamed into
 place; a rerun with the same arguments keeps complete videos, writes the missing ones and rewrites
 byte-identical metadata, while a rerun with other arguments into the same folder is refused.
 """

@@ -532,17 +532,23 @@ class ColorJitter(RandomTransform):
         params = self.sample(generator)
         if params is None:
             return x
-        order, b, c, s, h = params
-        for op in order:
-            if op == 0 and b != 1.0:
-                x = adjust_brightness(x, b)
-            elif op == 1 and c != 1.0:
-                x = adjust_contrast(x, c)
-            elif op == 2 and s != 1.0:
-                x = adjust_saturation(x, s)
-            elif op == 3 and h != 0.0:
-                x = adjust_hue(x, h)
-        return x
+        return apply_color_jitter(x, params)
+
+
+def apply_color_jitter(x: torch.Tensor, params: Tuple[Any, float, float, float, float]) -> torch.Tensor:
+    """Apply :meth:`ColorJitter.sample`'s ``(order, brightness, contrast, saturation, hue)`` to float
+    ``x`` (3×… channels first: a C×T×H×W clip or a C×H×W image), in the drawn order."""
+    order, b, c, s, h = params
+    for op in order:
+        if op == 0 and b != 1.0:
+            x = adjust_brightness(x, b)
+        elif op == 1 and c != 1.0:
+            x = adjust_contrast(x, c)
+        elif op == 2 and s != 1.0:
+            x = adjust_saturation(x, s)
+        elif op == 3 and h != 0.0:
+            x = adjust_hue(x, h)
+    return x
 
 
 class RandomGrayscale(RandomTransform):

@@ -86,9 +86,16 @@ def print_results_table(rows: Sequence[Mapping[str, Any]], title: str = "results
     for c in cols:
         numeric = any(isinstance(_plain(r.get(c)), (int, float)) and not isinstance(r.get(c), bool) for r in rows)
         table.add_column(_header(c), justify="right" if numeric else "left")
-    for row in rows:
-        table.add_row(*(format_value(c, row.get(c)) for c in cols))
-    (console or Console()).print(table)
+    cells = [[format_value(c, row.get(c)) for c in cols] for row in rows]
+    for row in cells:
+        table.add_row(*row)
+    console = console or Console()
+    # Logs and CI have no terminal (80 columns by default): print at full width there rather than
+    # squeezing headers and numbers into ellipses.
+    needed = 4 + sum(3 + max([len(_header(c))] + [len(r[i]) for r in cells]) for i, c in enumerate(cols))
+    if not console.is_terminal and console.width < needed:
+        console = Console(width=needed, file=console.file, force_terminal=False)
+    console.print(table)
     return table
 
 

@@ -22,6 +22,7 @@ def method_config_class(name: str) -> Type[Any]:
     return METHODS.get(name).Config
 
 
-from avssl.methods import supervised, xmodal_nce  # noqa: E402,F401  (registration)
+from avssl.methods import (  # noqa: E402,F401  (registration)
+    audio_clusters, avid_cma, barlow_twins, byol, moco, simclr, simsiam, supervised, swav, vicreg, xmodal_nce)
 
 __all__ = ["METHODS", "build_method", "available_methods", "method_config_class"]

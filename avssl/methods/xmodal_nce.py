@@ -22,6 +22,11 @@ class XModalNCEConfig(BaseMethodConfig):
     proj_hidden: int = 512
     proj_dim: int = 128
     temperature: float = 0.07
+    # Keep the audio encoder at its initialisation (eval mode, no gradient): the audio embedding becomes a
+    # fixed target the video encoder learns to predict, as in learning from ambient sound (Owens et al.
+    # 2016). Useful when the audio encoder's starting features already tell sounds apart (a pretrained
+    # audio net, or a random conv net on distinctive sounds) and the video data are few.
+    freeze_audio_encoder: bool = False
 
 
 @METHODS.register("xmodal_nce")
@@ -39,6 +44,15 @@ class XModalNCE(Method):
         self.video_head = ProjectionHead(self.video_encoder.out_dim, m.proj_hidden, m.proj_dim)
         self.audio_head = ProjectionHead(self.audio_encoder.out_dim, m.proj_hidden, m.proj_dim)
         self.criterion = build_loss("xmodal_nce", temperature=m.temperature)
+        if m.freeze_audio_encoder:
+            self.audio_encoder.requires_grad_(False)
+            self.audio_encoder.eval()
+
+    def train(self, mode: bool = True) -> "XModalNCE":
+        super().train(mode)
+        if self.cfg.method.freeze_audio_encoder:
+            self.audio_encoder.eval()  # frozen: BatchNorm keeps its statistics too
+        return self
 
     def embed(self, video: torch.Tensor, audio: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """video B×C×T×H×W, audio B×1×F×T' -> (B×proj_dim, B×proj_dim) projections."""

@@ -33,7 +33,7 @@ prefix. Unlike the original, a spectrogram may have any F×T large enough for th
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Dict
+from typing import Dict, Optional
 
 import torch
 import torch.nn as nn
@@ -65,6 +65,18 @@ class AvidConvBlock(nn.Module):
         return self.relu(self.bn2(self.conv2(x)))
 
 
+def subtract_time_mean(x: torch.Tensor) -> torch.Tensor:
+    """B×C×F×T log-spectrogram -> the same with each clip's mean over time removed, per frequency bin.
+
+    In the log domain a recording's gain and any stationary noise colour or hum are (close to) a
+    per-frequency offset; removing it leaves the transient events. On the synthetic corpus it lifts a
+    random ``audio_conv_tiny``'s linear probe from 50% to 85% (kNN 33% to 67%), but it also removes
+    sounds that are themselves stationary (a steady tone), and fine-tuning on 24 clips did worse with
+    it (50% against 75%); so it is an option, off by default.
+    """
+    return x - x.mean(dim=-1, keepdim=True)
+
+
 class AvidAudioConv(Encoder):
     """AVID-CMA's 2D conv audio encoder (layer table in the module docstring); B×1×F×T -> B×8C.
 
@@ -72,6 +84,8 @@ class AvidAudioConv(Encoder):
         in_channels: spectrogram channels (1).
         base_channels, width: C = ``round(base_channels · width)`` (64 in AVID-CMA); out_dim = 8C.
         global_pool: ``"max"`` (AVID-CMA's AdaptiveMaxPool2d) or ``"avg"``.
+        input_norm: ``"clip"`` subtracts each clip's mean over time per frequency bin (cepstral mean
+            normalisation, see :func:`subtract_time_mean`); ``None`` feeds the spectrogram as is.
     """
 
     def __init__(
@@ -80,10 +94,14 @@ class AvidAudioConv(Encoder):
         base_channels: int = 64,
         width: float = 1.0,
         global_pool: str = "max",
+        input_norm: Optional[str] = None,
     ) -> None:
         super().__init__()
         if global_pool not in ("max", "avg"):
             raise ValueError(f"AvidAudioConv: global_pool must be 'max' or 'avg', got {global_pool!r}")
+        if input_norm not in (None, "clip"):
+            raise ValueError(f"AvidAudioConv: input_norm must be None or 'clip', got {input_norm!r}")
+        self.input_norm = input_norm
         c = stem_width(base_channels, width)
         self.in_channels = in_channels
         self.global_pool = global_pool
@@ -103,6 +121,8 @@ class AvidAudioConv(Encoder):
         """B×1×F×T -> ordered ``{"stem", "res2", "res3", "res4", "res5"}`` maps, each B×C'×F'×T'."""
         check_2d_input(x, self.in_channels, type(self).__name__, _AUDIO_INPUT)
         feats: Dict[str, torch.Tensor] = OrderedDict()
+        if self.input_norm == "clip":
+            x = subtract_time_mean(x)
         x = self.conv1(x)
         feats["stem"] = x
         for i, name in enumerate(STAGE_NAMES):

@@ -1,0 +1,145 @@
+"""Learning video from ambient sound: predict, from the frames, which cluster a clip's sound falls in.
+
+Owens et al. (2016, "Ambient sound provides supervision for visual learning") cluster summary
+statistics of each video's sound and train the visual network to predict the cluster from the frames;
+no labels are used. Here the sound is summarised by a fixed audio encoder (``model.audio``: a
+pretrained one via ``method.audio_checkpoint``, or a randomly initialised conv net, whose features of
+distinctive sounds already group them), the clusters are k-means over the training videos' audio
+features (``num_clusters``, recomputed every ``recluster_every_epochs`` if > 0), and the video encoder
++ a linear classifier learn the cluster ids with cross-entropy. The pseudo-labels are a buffer, so
+checkpoints and resumed runs keep them.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any, Dict, Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from avssl.methods import METHODS
+from avssl.methods.base import BaseMethodConfig, Method, flatten_views
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class AudioClustersConfig(BaseMethodConfig):
+    name: str = "audio_clusters"
+    num_clusters: int = 20
+    kmeans_iterations: int = 50
+    kmeans_restarts: int = 5
+    recluster_every_epochs: int = 0  # 0: cluster once, before the first epoch
+    dropout: float = 0.0
+    audio_checkpoint: Optional[str] = None  # a checkpoint whose audio encoder summarises the sound
+
+
+def kmeans(x: torch.Tensor, k: int, iterations: int = 50, restarts: int = 5, seed: int = 0) -> torch.Tensor:
+    """Lloyd's k-means with k-means++ seeding on N×D ``x``; the labels (N, long) of the restart with
+    the lowest within-cluster sum of squares. Deterministic given ``seed``."""
+    n = x.shape[0]
+    if not 1 <= k <= n:
+        raise ValueError(f"k-means needs 1 <= k <= N, got k={k} for N={n}")
+    x = x.double()
+    g = torch.Generator().manual_seed(seed)
+    best, best_cost = None, float("inf")
+    for _ in range(max(1, restarts)):
+        centres = x[torch.randint(n, (1,), generator=g)]
+        for _ in range(1, k):  # k-means++: next centre drawn with probability ∝ squared distance
+            d2 = torch.cdist(x, centres).pow(2).min(dim=1).values
+            p = d2 / d2.sum() if float(d2.sum()) > 0 else torch.full_like(d2, 1.0 / n)
+            centres = torch.cat([centres, x[torch.multinomial(p.float(), 1, generator=g)]])
+        for _ in range(iterations):
+            labels = torch.cdist(x, centres).argmin(dim=1)
+            new = torch.stack([x[labels == j].mean(0) if bool((labels == j).any()) else centres[j] for j in range(k)])
+            if torch.allclose(new, centres):
+                break
+            centres = new
+        labels = torch.cdist(x, centres).argmin(dim=1)
+        cost = float((x - centres[labels]).pow(2).sum())
+        if cost < best_cost:
+            best, best_cost = labels, cost
+    assert best is not None
+    return best
+
+
+@METHODS.register("audio_clusters")
+class AudioClusters(Method):
+    Config = AudioClustersConfig
+    modalities = ("video",)  # training batches need no sound: the clusters are computed up front
+
+    def __init__(self, cfg: Any) -> None:
+        super().__init__(cfg)
+        m = cfg.method
+        if m.num_clusters < 2:
+            raise ValueError(f"method.num_clusters must be >= 2, got {m.num_clusters}")
+        self.video_encoder = self.make_encoder(cfg.model.video)
+        self.audio_encoder = self.make_encoder(cfg.model.audio)
+        if m.audio_checkpoint:
+            from avssl.methods.supervised import load_encoder_weights
+
+            load_encoder_weights(self.audio_encoder, m.audio_checkpoint, "audio")
+        self.audio_encoder.requires_grad_(False).eval()
+        self.classifier = nn.Sequential(nn.Dropout(m.dropout), nn.Linear(self.video_encoder.out_dim, m.num_clusters))
+        self.register_buffer("pseudo_labels", torch.empty(0, dtype=torch.long))
+        self.register_buffer("clustered_epoch", torch.tensor(-1))
+
+    def train(self, mode: bool = True) -> "AudioClusters":
+        super().train(mode)
+        self.audio_encoder.eval()  # fixed: BatchNorm statistics included
+        return self
+
+    def load_state_dict(self, state_dict: Any, strict: bool = True, **kw: Any) -> Any:
+        # The pseudo-labels' length is the training set's, known only once clustered.
+        labels = state_dict.get("pseudo_labels")
+        if labels is not None:
+            self.pseudo_labels = torch.empty_like(labels, device=self.pseudo_labels.device)
+        return super().load_state_dict(state_dict, strict=strict, **kw)
+
+    # -- clustering ------------------------------------------------------------------------------
+    @torch.no_grad()
+    def audio_features(self) -> torch.Tensor:
+        """N×D audio features of the training videos (test-style clips, averaged per video), by index."""
+        from torch.utils.data import DataLoader
+
+        from avssl.data.datamodule import make_dataset
+        from avssl.eval.features import extract_features
+
+        ds = make_dataset(self.cfg, "train", train=False, needs_audio=True)
+        loader = DataLoader(ds, batch_size=self.cfg.data.batch_size, num_workers=self.cfg.data.num_workers)
+        out = extract_features(self.audio_encoder, loader, device=self.device, modality="audio", views="mean",
+                               progress=False)
+        feats = torch.zeros(len(ds), out["features"].shape[1])
+        feats[out["index"]] = out["features"]
+        self.audio_encoder.eval()
+        return F.normalize(feats, dim=1)
+
+    def cluster(self) -> None:
+        m = self.cfg.method
+        feats = self.audio_features()
+        labels = kmeans(feats, m.num_clusters, m.kmeans_iterations, m.kmeans_restarts, seed=self.cfg.seed)
+        self.pseudo_labels = labels.to(self.pseudo_labels.device)
+        sizes = torch.bincount(labels, minlength=m.num_clusters)
+        log.info("audio clusters: %d videos in %d clusters (sizes %d..%d)", len(labels), m.num_clusters,
+                 int(sizes.min()), int(sizes.max()))
+
+    def on_train_epoch_start(self) -> None:
+        e, m = self.current_epoch, self.cfg.method
+        due = self.pseudo_labels.numel() == 0 or (
+            m.recluster_every_epochs > 0 and e % m.recluster_every_epochs == 0 and int(self.clustered_epoch) != e)
+        if due:
+            self.cluster()
+            self.clustered_epoch.fill_(e)
+
+    # -- training --------------------------------------------------------------------------------
+    def compute_loss(self, batch: Dict[str, Any]) -> Dict[str, torch.Tensor]:
+        if self.pseudo_labels.numel() == 0:
+            raise RuntimeError("audio_clusters: no pseudo-labels yet; they are computed at the start of training")
+        video, views = flatten_views(batch["video"], 5)
+        target = self.pseudo_labels[batch["index"].to(self.pseudo_labels.device)].repeat_interleave(views)
+        logits = self.classifier(self.video_encoder(video))
+        loss = F.cross_entropy(logits.float(), target)
+        acc = (logits.argmax(1) == target).float().mean()
+        return {"loss": loss, "cluster_acc": acc}

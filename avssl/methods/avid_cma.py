@@ -1,0 +1,173 @@
+"""Audio-visual instance discrimination with memory banks, then Cross-Modal Agreement (AVID-CMA).
+
+A video encoder and an audio encoder, each followed by an MLP projection (512→512→128 in the recipe,
+no BatchNorm), embed every clip; one memory bank per modality keeps a momentum-averaged embedding per
+training instance. Stage 1 (AVID, :class:`avssl.losses.audiovisual.AVIDLoss`): each clip's video must
+pick its own audio-bank row among other instances' rows and vice versa. Stage 2 (CMA, from
+``cma_start_epoch``, :class:`avssl.losses.audiovisual.CMALoss`): in addition, each clip must pick, within
+its own modality, the bank rows of its positive set — the ``cma_k`` instances that agree with it in both
+the video and the audio bank — recomputed every ``cma_every_epochs`` epochs. No labels are used.
+
+The banks need N, the number of training instances: ``method.num_data``, or, when it is None, the
+length of the training set, read in :meth:`AvidCMA.setup` (Lightning calls ``setup`` before it restores
+a checkpoint, so a resumed run finds the banks in place). The value found is written into the stored
+config, and loading a state dict builds the banks from its shapes, so :func:`avssl.runner.load_method`
+works either way.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Dict, Optional, Tuple
+
+import torch
+import torch.nn as nn
+
+from avssl.losses.audiovisual import AVIDLoss, CMALoss
+from avssl.methods import METHODS
+from avssl.methods.base import BaseMethodConfig, Method, flatten_views
+
+
+@dataclass
+class AvidCMAConfig(BaseMethodConfig):
+    name: str = "avid_cma"
+    proj_hidden: int = 512
+    proj_dim: int = 128
+    # Number of training instances (rows of each bank); None: the training set's length at setup.
+    num_data: Optional[int] = None
+    variant: str = "cross"  # AVID stage: cross | self | joint (must be cross when CMA is used)
+    num_negatives: int = 1024
+    temperature: float = 0.07
+    momentum: float = 0.5
+    objective: str = "info_nce"  # info_nce | nce
+    cma_start_epoch: int = -1  # -1: AVID only
+    cma_every_epochs: int = 5  # recompute the positive sets every R epochs from cma_start_epoch
+    cma_k: int = 32
+    cma_agreement: str = "min"  # min | max | video | audio
+    cma_num_positive_negatives: int = 64
+    xmodal_weight: float = 0.5
+    wmodal_weight: float = 0.5
+    cma_chunk_size: int = 4096
+
+
+@METHODS.register("avid_cma")
+class AvidCMA(Method):
+    """AVID (``cma_start_epoch = -1``) or AVID followed by CMA.
+
+    With CMA the method holds a single :class:`CMALoss`: until its positive sets exist it is Cross-AVID,
+    so the AVID stage and the CMA stage train the same banks and no state is handed over between them.
+    ``criterion`` is None until N is known (see the module docstring).
+    """
+
+    Config = AvidCMAConfig
+    modalities = ("video", "audio")
+
+    positives_epoch: torch.Tensor
+
+    def __init__(self, cfg: Any) -> None:
+        super().__init__(cfg)
+        from avssl.models.heads import ProjectionHead
+
+        m = cfg.method
+        if m.cma_start_epoch >= 0 and m.variant != "cross":
+            raise ValueError(f"method.variant={m.variant!r} cannot be combined with method.cma_start_epoch="
+                             f"{m.cma_start_epoch}: the CMA stage continues Cross-AVID; use variant 'cross' "
+                             "or cma_start_epoch=-1")
+        if m.cma_every_epochs < 1:
+            raise ValueError(f"method.cma_every_epochs must be >= 1, got {m.cma_every_epochs}")
+        if m.num_data is not None and m.num_data < 2:
+            raise ValueError(f"method.num_data must be >= 2 or None (the training set size), got {m.num_data}")
+        self.video_encoder = self.make_encoder(cfg.model.video)
+        self.audio_encoder = self.make_encoder(cfg.model.audio)
+        # No BatchNorm in the projections, as in the AVID-CMA recipe.
+        self.video_head = ProjectionHead(self.video_encoder.out_dim, m.proj_hidden, m.proj_dim, batch_norm=False)
+        self.audio_head = ProjectionHead(self.audio_encoder.out_dim, m.proj_hidden, m.proj_dim, batch_norm=False)
+        self.criterion: Optional[nn.Module] = None
+        if m.num_data is not None:
+            self._build_criterion(int(m.num_data))
+        # The epoch whose start last recomputed the positive sets (-1: never). A buffer, so a run resumed
+        # mid-epoch does not recompute them from banks that have already moved on.
+        self.register_buffer("positives_epoch", torch.tensor(-1, dtype=torch.long))
+        self._register_load_state_dict_pre_hook(self._build_from_state)
+
+    # -- building --------------------------------------------------------------------------------
+    @property
+    def uses_cma(self) -> bool:
+        return self.cfg.method.cma_start_epoch >= 0
+
+    def _build_criterion(self, num_data: int) -> None:
+        m = self.cfg.method
+        common = dict(num_data=num_data, dim=m.proj_dim, num_negatives=m.num_negatives, temperature=m.temperature,
+                      momentum=m.momentum, objective=m.objective, seed=int(self.cfg.seed))
+        if self.uses_cma:
+            crit: nn.Module = CMALoss(num_positive_negatives=m.cma_num_positive_negatives, k=m.cma_k,
+                                      agreement=m.cma_agreement, xmodal_weight=m.xmodal_weight,
+                                      wmodal_weight=m.wmodal_weight, **common)
+        else:
+            crit = AVIDLoss(variant=m.variant, **common)
+        self.criterion = crit.to(self.device)
+        # Record N in the stored config so a checkpoint rebuilds the same banks.
+        stored = self.hparams.get("config") if hasattr(self, "hparams") else None
+        if isinstance(stored, dict) and isinstance(stored.get("method"), dict):
+            stored["method"]["num_data"] = num_data
+
+    def _build_from_state(self, state_dict: Dict[str, Any], prefix: str, *args: Any) -> None:
+        if self.criterion is not None:
+            return
+        key = f"{prefix}criterion.video_bank.weight"
+        if key in state_dict:
+            self._build_criterion(int(state_dict[key].shape[0]))
+
+    def setup(self, stage: str) -> None:
+        if self.criterion is not None:
+            return
+        dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        train_set = getattr(dm, "train_set", None)
+        if train_set is None:
+            if stage == "fit":
+                raise ValueError("avid_cma: method.num_data is not set and the datamodule has no train_set to "
+                                 "size the memory banks from; set method.num_data")
+            return
+        self._build_criterion(len(train_set))
+
+    def _require_criterion(self) -> nn.Module:
+        if self.criterion is None:
+            raise RuntimeError("avid_cma: the memory banks are not built yet; set method.num_data, or train with "
+                               "a datamodule that has a train_set (they are sized at setup)")
+        return self.criterion
+
+    # -- training --------------------------------------------------------------------------------
+    def embed(self, video: torch.Tensor, audio: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """video B×C×T×H×W, audio B×1×F×T' -> (B×proj_dim, B×proj_dim) projections (not normalised)."""
+        return self.video_head(self.video_encoder(video)), self.audio_head(self.audio_encoder(audio))
+
+    def compute_loss(self, batch: Dict[str, Any]) -> Dict[str, torch.Tensor]:
+        """batch["video"] B×C×T×H×W or B×V×C×T×H×W, batch["audio"] B×1×F×T' or B×V×1×F×T', batch["index"] B
+        (training-set indices, the bank rows) -> {"loss", per-term losses}. Updates the banks."""
+        crit = self._require_criterion()
+        video, vv = flatten_views(batch["video"], 5)
+        audio, va = flatten_views(batch["audio"], 4)
+        if vv != va:
+            raise ValueError(f"avid_cma: video has {vv} views per clip but audio has {va}")
+        index = torch.as_tensor(batch["index"], device=video.device).reshape(-1).long()
+        if index.numel() * vv != video.shape[0]:
+            raise ValueError(f"avid_cma: batch['index'] has {index.numel()} entries for {video.shape[0] // vv} clips")
+        # Every view of a clip belongs to the same instance, hence the same bank row.
+        index = index.repeat_interleave(vv)
+        zv, za = self.embed(video, audio)
+        loss = crit(zv, za, index)
+        out: Dict[str, torch.Tensor] = {"loss": loss}
+        for name, value in crit.last_terms.items():
+            out[name] = torch.tensor(value, device=loss.device)
+        return out
+
+    def on_train_epoch_start(self) -> None:
+        m = self.cfg.method
+        e = int(self.current_epoch)
+        if not self.uses_cma or e < m.cma_start_epoch or (e - m.cma_start_epoch) % m.cma_every_epochs:
+            return
+        if int(self.positives_epoch) == e:
+            return  # resumed inside this epoch: the sets were computed at its start and restored
+        crit = self._require_criterion()
+        assert isinstance(crit, CMALoss)
+        crit.update_positives(chunk_size=m.cma_chunk_size, device=self.device, progress=False)
+        self.positives_epoch.fill_(e)

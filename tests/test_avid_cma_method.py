@@ -1,0 +1,137 @@
+"""avid_cma: memory-bank AVID, then Cross-Modal Agreement positive sets computed on schedule and checkpointed."""
+from __future__ import annotations
+
+import lightning as L
+import pytest
+import torch
+import torch.nn.functional as F
+
+import avssl.methods.avid_cma  # noqa: F401  (registers the method)
+from avssl.config import build_config, load_config
+from avssl.losses.audiovisual import AVIDLoss, CMALoss
+from avssl.methods import build_method
+from avssl.runner import fit, load_method
+from conftest import tiny_overrides
+
+
+def _cfg(**method):
+    m = {"name": "avid_cma", "proj_hidden": 16, "proj_dim": 8, "num_negatives": 8}
+    m.update(method)
+    return build_config({
+        "method": m,
+        "model": {"video": {"name": "r3d_tiny", "kwargs": {"base_channels": 4}},
+                  "audio": {"name": "audio_conv_tiny", "kwargs": {"base_channels": 4}}},
+    })
+
+
+def _batch(b=4, views=None):
+    g = torch.Generator().manual_seed(0)
+    lead = (b,) if views is None else (b, views)
+    return {"video": torch.randn(*lead, 3, 4, 16, 16, generator=g), "audio": torch.randn(*lead, 1, 40, 50, generator=g),
+            "index": torch.tensor([1, 5, 9, 13][:b])}
+
+
+def test_step_trains_both_encoders_and_momentum_updates_only_the_batch_rows():
+    torch.manual_seed(0)
+    m = build_method("avid_cma", _cfg(num_data=16, momentum=0.5)).train()
+    assert isinstance(m.criterion, AVIDLoss)
+    batch = _batch()
+    with torch.no_grad():
+        zv, za = m.embed(batch["video"], batch["audio"])  # train-mode BN: the same outputs compute_loss sees
+    old_v = m.criterion.video_bank.weight.clone()
+    old_a = m.criterion.audio_bank.weight.clone()
+    out = m.compute_loss(batch)
+    loss = out["loss"]
+    assert torch.isfinite(loss)
+    assert torch.allclose(out["xmodal"], loss) and {"v2a", "a2v"} <= out.keys()  # Cross-AVID: ½(v2a + a2v)
+    loss.backward()
+    for enc in (m.video_encoder, m.audio_encoder):
+        assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in enc.parameters())
+    param_ids = {id(p) for p in m.parameters()}
+    for bank in (m.criterion.video_bank.weight, m.criterion.audio_bank.weight):
+        assert not bank.requires_grad and bank.grad is None and id(bank) not in param_ids
+    rows = batch["index"]
+    others = torch.ones(16, dtype=torch.bool)
+    others[rows] = False
+    for old, z, bank in ((old_v, zv, m.criterion.video_bank.weight), (old_a, za, m.criterion.audio_bank.weight)):
+        expected = F.normalize(0.5 * old[rows] + 0.5 * F.normalize(z, dim=1), dim=1)
+        assert torch.allclose(bank[rows], expected, atol=1e-5)
+        assert torch.equal(bank[others], old[others])
+    # Banks (and CMA positive sets) are buffers: they go into checkpoints.
+    assert "criterion.video_bank.weight" in m.state_dict() and "criterion.audio_bank.weight" in m.state_dict()
+
+
+def test_views_share_their_clip_bank_row_and_cma_starts_as_cross_avid():
+    torch.manual_seed(0)
+    m = build_method("avid_cma", _cfg(num_data=16, cma_start_epoch=0, cma_k=2, cma_num_positive_negatives=4)).train()
+    assert isinstance(m.criterion, CMALoss) and not m.criterion.has_positives
+    out = m.compute_loss(_batch(b=2, views=2))
+    assert torch.isfinite(out["loss"]) and "wmodal" not in out  # no positive sets yet: Cross-AVID alone
+    changed = (m.criterion.video_bank.weight != build_method("avid_cma", m.cfg).criterion.video_bank.weight).any(1)
+    assert changed.nonzero().flatten().tolist() == [1, 5]
+
+
+def test_config_errors_name_the_key():
+    with pytest.raises(ValueError, match="method.variant"):
+        build_method("avid_cma", _cfg(variant="self", cma_start_epoch=1))
+    with pytest.raises(ValueError, match="cma_every_epochs"):
+        build_method("avid_cma", _cfg(cma_every_epochs=0))
+    m = build_method("avid_cma", _cfg())  # num_data None and no trainer: banks cannot be sized yet
+    with pytest.raises(RuntimeError, match="method.num_data"):
+        m.compute_loss(_batch())
+
+
+class _Snapshot(L.Callback):
+    """Banks and positive sets at each epoch start, before the method's own epoch-start hook runs."""
+
+    def __init__(self):
+        self.at = {}
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        c = pl_module.criterion
+        self.at[trainer.current_epoch] = (c.video_bank.weight.clone(), c.audio_bank.weight.clone(), c.positives.clone())
+
+    def on_train_start(self, trainer, pl_module):
+        c = pl_module.criterion
+        self.start = (int(pl_module.positives_epoch), c.video_bank.weight.clone(), c.positives.clone())
+
+
+def test_positive_sets_computed_at_start_epoch_checkpointed_and_restored(synth_corpus, tmp_path):
+    over = {"data.audio": True, "method.cma_start_epoch": 1, "method.cma_every_epochs": 1, "method.cma_k": 2,
+            "method.num_negatives": 8, "method.cma_num_positive_negatives": 4, "method.proj_hidden": 16,
+            "method.proj_dim": 8, "model.video.kwargs": "{base_channels: 4}",
+            "model.audio": "{name: audio_conv_tiny, kwargs: {base_channels: 4}}", "trainer.max_epochs": 2}
+    snap = _Snapshot()
+    last = fit(load_config(overrides=tiny_overrides(synth_corpus, tmp_path, method="avid_cma", **over)),
+               extra_callbacks=[snap])
+    n = 24  # training videos in synth_corpus
+    assert snap.at[0][2].shape == (n, 2) and (snap.at[0][2] == -1).all()  # AVID stage: no positive sets
+    assert (snap.at[1][2] == -1).all()
+
+    m = load_method(last)  # rebuilt from the checkpoint alone; N recorded in its config
+    assert m.cfg.method.num_data == n and isinstance(m.criterion, CMALoss) and m.criterion.has_positives
+    assert int(m.positives_epoch) == 1
+    pos = m.criterion.positives
+    assert torch.equal(pos, torch.load(last, weights_only=False)["state_dict"]["criterion.positives"])
+    assert ((pos >= 0) & (pos < n)).all()
+    assert not (pos == torch.arange(n).unsqueeze(1)).any()  # never the row itself
+    # The sets are the k = 2 best min(cos_v, cos_a) agreements of the banks as they were at epoch 1's start.
+    v, a, _ = snap.at[1]
+    score = torch.minimum(F.normalize(v, dim=1) @ F.normalize(v, dim=1).t(), F.normalize(a, dim=1) @ F.normalize(a, dim=1).t())
+    score.fill_diagonal_(float("-inf"))
+    expected = score.topk(2, dim=1).indices
+    assert torch.equal(pos.sort(1).values, expected.sort(1).values)
+    # A config without num_data still loads the checkpoint: the banks are sized from its state dict.
+    bare = build_method("avid_cma", load_config(overrides=tiny_overrides(synth_corpus, tmp_path, method="avid_cma", **over)))
+    assert bare.criterion is None
+    bare.load_state_dict(torch.load(last, weights_only=False)["state_dict"], strict=True)
+    assert torch.equal(bare.criterion.positives, pos)
+
+    # Resume for a third epoch: the banks are sized at setup, then the checkpoint fills them.
+    over["trainer.max_epochs"] = 3
+    snap2 = _Snapshot()
+    fit(load_config(overrides=tiny_overrides(synth_corpus, tmp_path, method="avid_cma", **over)), extra_callbacks=[snap2])
+    start_epoch, start_bank, start_pos = snap2.start
+    assert start_epoch == 1 and torch.equal(start_pos, pos)
+    assert torch.equal(start_bank, m.criterion.video_bank.weight)
+    assert not torch.equal(load_method(last).criterion.positives, pos)  # recomputed at epoch 2's start
