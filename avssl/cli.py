@@ -256,7 +256,7 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     p.add_argument("config", help="config naming the evaluation data (data.train / data.val) and eval settings")
     p.add_argument("overrides", nargs="*")
     p.add_argument("--checkpoint", default=None, help="trained checkpoint (omit for a randomly initialised encoder)")
-    p.add_argument("--protocol", action="append", choices=["linear", "knn", "finetune"],
+    p.add_argument("--protocol", action="append", choices=["linear", "knn", "finetune", "retrieval"],
                    help="repeatable; default: the config's eval.protocols")
     p.add_argument("--modality", choices=["video", "audio"], default=None)
     p.add_argument("--plot", action="store_true", help="save a 2-D embedding map of the held-out features (PNG)")
@@ -283,16 +283,26 @@ def _run_eval(args: argparse.Namespace) -> int:
     protocols = args.protocol or list(cfg.eval.protocols)
     out = args.out or os.path.join(cfg.output_dir, "eval")
     rows = []
-    frozen = [p for p in protocols if p != "finetune"]
+    frozen = [p for p in protocols if p not in ("finetune", "retrieval")]
     if frozen:
         rows += evaluate(cfg, args.checkpoint, protocols=frozen, modality=args.modality, out_dir=out, plot=args.plot)
     if "finetune" in protocols:
         from avssl.eval.finetune import finetune_and_evaluate
 
         rows.append(finetune_and_evaluate(cfg, args.checkpoint))
+    if "retrieval" in protocols:
+        from avssl.eval.retrieval import retrieval_evaluate
+
+        if not args.checkpoint:
+            raise SystemExit("--protocol retrieval needs --checkpoint of an audio-visual method")
+        r = retrieval_evaluate(cfg, args.checkpoint)
+        print_results_table([{"protocol": "retrieval", **r}], title=f"video↔audio retrieval on held-out videos: {args.checkpoint}")
+        rows.append({"protocol": "retrieval", **r})
     shown = ("encoder", "modality", "protocol", "clip_top1", "video_top1", "video_top5", "mean_class_accuracy", "wall_s")
-    print_results_table([{k: r[k] for k in shown if k in r} for r in rows],
-                        title=f"evaluation of {args.checkpoint or 'a randomly initialised encoder'}")
+    rows_shown = [r for r in rows if r.get("protocol") != "retrieval"]
+    if rows_shown:
+        print_results_table([{k: r[k] for k in shown if k in r} for r in rows_shown],
+                            title=f"evaluation of {args.checkpoint or 'a randomly initialised encoder'}")
     write_results_json(rows, os.path.join(out, "results.json"), meta={"config": args.config, "checkpoint": args.checkpoint})
     log.info("results: %s", os.path.join(out, "results.json"))
     return 0
