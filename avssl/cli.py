@@ -256,7 +256,7 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     p.add_argument("config", help="config naming the evaluation data (data.train / data.val) and eval settings")
     p.add_argument("overrides", nargs="*")
     p.add_argument("--checkpoint", default=None, help="trained checkpoint (omit for a randomly initialised encoder)")
-    p.add_argument("--protocol", action="append", choices=["linear", "knn", "finetune", "retrieval"],
+    p.add_argument("--protocol", action="append", choices=["linear", "knn", "folds", "finetune", "retrieval"],
                    help="repeatable; default: the config's eval.protocols")
     p.add_argument("--modality", choices=["video", "audio"], default=None)
     p.add_argument("--plot", action="store_true", help="save a 2-D embedding map of the held-out features (PNG)")

@@ -166,8 +166,22 @@ def evaluate(
                 pick(tr["features"]), tr["labels"], pick(te["features"]), te["labels"], num_classes,
                 k=e.knn_k, temperature=e.knn_temperature, test_video_index=te["index"],
             )
+        elif protocol == "folds":
+            # ESC-50's shape: every video of both parts in 5 stratified folds, a probe per held-out fold.
+            from avssl.eval.linear import cross_validated_linear_probe, stratified_folds
+
+            feats = torch.cat([pick(tr["features"]), pick(te["features"])])
+            labels = torch.cat([tr["labels"], te["labels"]])
+            index = torch.cat([tr["index"], te["index"] + int(tr["index"].max()) + 1])
+            video_labels = torch.zeros(int(index.max()) + 1, dtype=torch.long)
+            video_labels[index] = labels
+            fold = stratified_folds(video_labels.tolist(), folds=5, seed=cfg.seed)[index]
+            m = cross_validated_linear_probe(feats, labels, num_classes, fold, video_index=index, mode=e.aggregation,
+                                             epochs=e.linear_epochs, lr=e.linear_lr,
+                                             weight_decay=e.linear_weight_decay, seed=cfg.seed)
+            m.update({"video_top5": float("nan"), "mean_class_accuracy": float("nan")})
         else:
-            raise ValueError(f"unknown protocol {protocol!r}; choose linear or knn (fine-tuning: avssl finetune)")
+            raise ValueError(f"unknown protocol {protocol!r}; choose linear, knn or folds (fine-tuning: avssl finetune)")
         rows.append({"encoder": name, "modality": modality, "protocol": protocol, **m, "eval_s": time.perf_counter() - ts})
     if stages and len(stages) > 1:
         per_stage = layerwise_linear_probe(

@@ -9,7 +9,7 @@ init, shuffling) comes from one ``torch.Generator`` seeded with ``seed``.
 from __future__ import annotations
 
 import math
-from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -251,3 +251,48 @@ def layerwise_linear_probe(
         )
         for name in names
     }
+
+
+def stratified_folds(labels: Sequence[int], folds: int = 5, seed: int = 0) -> torch.Tensor:
+    """Fold id (0..folds−1) per sample: each class's samples, in a seeded random order, dealt round-robin,
+    so every fold holds ⌊n_c/folds⌋ or ⌈n_c/folds⌉ of class c (the ESC-50 protocol's fold shape)."""
+    y = torch.as_tensor(list(labels), dtype=torch.long)
+    if folds < 2:
+        raise ValueError(f"folds must be >= 2, got {folds}")
+    g = torch.Generator().manual_seed(seed)
+    fold = torch.empty_like(y)
+    offset = 0
+    for c in torch.unique(y).tolist():
+        idx = (y == c).nonzero().flatten()
+        idx = idx[torch.randperm(len(idx), generator=g)]
+        fold[idx] = (torch.arange(len(idx)) + offset) % folds
+        offset += len(idx)  # classes smaller than `folds` do not all land in fold 0
+    return fold
+
+
+def cross_validated_linear_probe(
+    feats: torch.Tensor,
+    labels: torch.Tensor,
+    num_classes: int,
+    fold: torch.Tensor,
+    video_index: Optional[torch.Tensor] = None,
+    mode: str = "mean_softmax",
+    **train_kwargs: Any,
+) -> Dict[str, Any]:
+    """K-fold linear probe (ESC-50 style): for each fold, train on the others and test on it.
+
+    ``feats`` N×D, ``labels`` N, ``fold`` N fold ids (per row; all rows of a video in one fold),
+    ``video_index`` N (views of one video combined with ``mode``). Returns ``{"folds": [per-fold
+    metrics], "video_top1": mean, "video_top1_std": std over folds, "clip_top1": mean}``.
+    """
+    per_fold = []
+    for f in torch.unique(fold).tolist():
+        test = fold == f
+        m = linear_evaluate(feats[~test], labels[~test], feats[test], labels[test], num_classes,
+                            test_video_index=None if video_index is None else video_index[test], mode=mode,
+                            **train_kwargs)
+        per_fold.append({"fold": int(f), **m})
+    top1 = torch.tensor([m["video_top1"] for m in per_fold], dtype=torch.float64)
+    return {"folds": per_fold, "video_top1": float(top1.mean()),
+            "video_top1_std": float(top1.std()) if len(per_fold) > 1 else 0.0,
+            "clip_top1": float(sum(m["clip_top1"] for m in per_fold) / len(per_fold))}
