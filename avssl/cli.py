@@ -258,7 +258,7 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--checkpoint", default=None, help="trained checkpoint (omit for a randomly initialised encoder)")
     p.add_argument("--protocol", action="append", choices=["linear", "knn", "folds", "finetune", "retrieval"],
                    help="repeatable; default: the config's eval.protocols")
-    p.add_argument("--modality", choices=["video", "audio"], default=None)
+    p.add_argument("--modality", choices=["video", "audio", "image"], default=None)
     p.add_argument("--plot", action="store_true", help="save a 2-D embedding map of the held-out features (PNG)")
     p.add_argument("--out", default=None, help="folder for results.json and plots (default: OUTPUT_DIR/eval)")
     p.set_defaults(func=_run_eval)
@@ -268,7 +268,7 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     x.add_argument("overrides", nargs="*")
     x.add_argument("--checkpoint", default=None)
     x.add_argument("--part", choices=["train", "val"], default="train", help="which part of the config's data")
-    x.add_argument("--modality", choices=["video", "audio"], default="video")
+    x.add_argument("--modality", choices=["video", "audio", "image"], default="video")
     x.add_argument("--stages", nargs="*", default=None, help="also per-stage pooled maps, e.g. res3 res4 res5")
     x.add_argument("--output", required=True, help="the .pt file to write (features, labels, index, view)")
     x.set_defaults(func=_run_extract)
