@@ -201,3 +201,30 @@ def evaluate(
     for r in rows:
         r.setdefault("wall_s", time.perf_counter() - t0)
     return rows
+
+
+def cma_figure(cfg: Any, checkpoint: str, refs: Sequence[int], path: str, k: int = 5) -> Dict[str, Any]:
+    """PNG of chosen training videos with their CMA positives and their nearest neighbours by video only
+    and by audio only, from an ``avid_cma`` checkpoint's memory banks (rows = training-set indices)."""
+    import torch
+
+    from avssl.data.datamodule import make_dataset
+    from avssl.data.decoding import read_clip
+    from avssl.eval.plots import cma_neighbour_table, plot_cma_positives
+
+    method = load_method(checkpoint)
+    crit = getattr(method, "criterion", None)
+    if crit is None or not hasattr(crit, "video_bank"):
+        raise ValueError(f"{checkpoint} holds no memory banks (train it with method.name=avid_cma)")
+    table = cma_neighbour_table(crit.video_bank.weight.float(), crit.audio_bank.weight.float(), refs, k=k,
+                                agreement=cfg.method.cma_agreement if hasattr(cfg.method, "cma_agreement") else "min")
+    ds = make_dataset(cfg, "train", train=False, needs_audio=False)
+    needed = sorted({int(i) for i in refs} | {int(i) for t in table.values() for i in t.flatten().tolist()})
+    frames: Dict[int, torch.Tensor] = {}
+    for i in needed:
+        row = ds.rows[i]
+        start, end = row.window_in_path()
+        mid = (start or 0.0) + 0.5 * ((end or row.duration or 0.0) - (start or 0.0))
+        frames[i] = read_clip(row.path, start=max(0.0, mid - 0.05), duration=0.1, num_frames=1, audio=False).video[0]
+    plot_cma_positives(frames, table, refs, path, labels=ds.labels)
+    return {k_: v.tolist() for k_, v in table.items()}

@@ -219,3 +219,49 @@ def plot_training_curves(
     fig.tight_layout()
     _save(fig, path)
     return keys
+
+
+def cma_neighbour_table(video_bank: torch.Tensor, audio_bank: torch.Tensor, refs: Sequence[int], k: int = 5,
+                        agreement: str = "min") -> Dict[str, torch.Tensor]:
+    """For each reference row: its ``k`` CMA positives (by ``agreement`` of the two banks) and its ``k``
+    nearest neighbours by the video bank only and by the audio bank only; each len(refs)×k, best first."""
+    from avssl.memory import cma_positives
+
+    rows = torch.as_tensor(list(refs), dtype=torch.long)
+    out = {}
+    for name, how in (("cma", agreement), ("video", "video"), ("audio", "audio")):
+        out[name] = cma_positives(video_bank, audio_bank, k=k, agreement=how)[rows]
+    return out
+
+
+def plot_cma_positives(
+    frames: Sequence[torch.Tensor],
+    table: Dict[str, torch.Tensor],
+    refs: Sequence[int],
+    path: PathLike,
+    labels: Optional[Sequence[int]] = None,
+) -> None:
+    """The figure of the CMA paper: per reference video (one row block), its frame, then its CMA positives,
+    its nearest neighbours by video only and by audio only (frames uint8 H×W×3, one per video, indexed like
+    the banks; ``table`` from :func:`cma_neighbour_table`). With ``labels``, each tile is titled by class
+    and framed green when it matches the reference's class."""
+    k = int(table["cma"].shape[1])
+    kinds = ("cma", "video", "audio")
+    fig = _figure(1.2 * (k + 1), 1.3 * len(refs) * len(kinds))
+    grid = fig.subplots(len(refs) * len(kinds), k + 1, squeeze=False)
+    for r, ref in enumerate(refs):
+        for j, kind in enumerate(kinds):
+            row = grid[r * len(kinds) + j]
+            for c, ax in enumerate(row):
+                idx = int(ref) if c == 0 else int(table[kind][r, c - 1])
+                ax.imshow(frames[idx].numpy() if hasattr(frames[idx], "numpy") else frames[idx])
+                ax.set_xticks([])
+                ax.set_yticks([])
+                same = labels is not None and labels[idx] == labels[int(ref)]
+                if labels is not None:
+                    ax.set_title(str(labels[idx]), fontsize=6)
+                    for side in ax.spines.values():
+                        side.set_edgecolor("green" if same else "red")
+                        side.set_linewidth(2 if c else 0)
+            row[0].set_ylabel({"cma": "CMA", "video": "video NN", "audio": "audio NN"}[kind], fontsize=7)
+    _save(fig, path)
