@@ -173,13 +173,15 @@ def test_no_audio_fraction(tmp_path):
 
 
 def _assert_same_media(a, b):
-    """Same frames and sound. The files are byte-identical in almost every run (one x264 thread), but
-    a re-encode inside a long test session once gave a slightly different bitstream for the same
-    frames, so decoded content is compared, with a tolerance far below any visible change."""
+    """Same decoded content, up to the codec. The rendered frames and sound are identical (see
+    test_resume_renders_identical_frames_and_sound), and the files usually byte-identical, but inside a
+    long test session x264 has re-encoded the same frames into a slightly different bitstream (a few
+    levels on some pixels), so decoded frames are compared with a tolerance far below the difference
+    between two seeds (> 10 levels, test_determinism)."""
     fa, ia, sa, ra = _decode(str(a))
     fb, ib, sb, rb = _decode(str(b))
     assert ia == ib and fa.shape == fb.shape and ra == rb
-    assert np.abs(fa.astype(int) - fb.astype(int)).mean() < 1.0
+    assert np.abs(fa.astype(int) - fb.astype(int)).mean() < 3.0
     assert (sa is None) == (sb is None)
     if sa is not None:
         assert sa.shape == sb.shape and np.abs(sa - sb).max() < 0.05
@@ -198,6 +200,26 @@ def test_determinism(corpus, tmp_path):
         a, _, _, _ = _decode(str(out / e["path"]))
         b, _, _, _ = _decode(str(tmp_path / "other" / e["path"]))
         assert np.abs(a.astype(int) - b.astype(int)).mean() > 10
+
+
+def test_resume_renders_identical_frames_and_sound(tmp_path, monkeypatch):
+    import hashlib
+
+    import avssl.data.synthetic as synthetic
+
+    rendered = []
+    encode = synthetic.write_mp4
+
+    def spy(path, frames, audio, fps, audio_rate=16000):
+        rendered.append((hashlib.md5(frames.tobytes()).hexdigest(), hashlib.md5(audio.tobytes()).hexdigest()))
+        return encode(path, frames, audio, fps, audio_rate)
+
+    monkeypatch.setattr(synthetic, "write_mp4", spy)
+    kw = dict(classes=1, per_class=2, seconds=0.4, size=32, workers=0, progress=False)
+    synthesize(tmp_path / "a", **kw)
+    (tmp_path / "a" / "videos" / "blink" / "blink_0001.mp4").unlink()
+    synthesize(tmp_path / "a", **kw)  # re-renders only the missing video
+    assert len(rendered) == 3 and rendered[2] == rendered[1] and rendered[0] != rendered[1]
 
 
 def test_resume_and_argument_conflict(tmp_path):

@@ -61,6 +61,17 @@ def load_rows(source: Union[str, os.PathLike], video_root: Optional[str] = None)
     )
 
 
+def select_rows(source: Any, video_root: Optional[str] = None, split: Optional[str] = None) -> List[ManifestRow]:
+    """The rows of ``source`` (a list of rows, or anything :func:`load_rows` reads) in ``split`` (None:
+    all); ``ValueError`` naming the source when none are left."""
+    rows = list(source) if isinstance(source, (list, tuple)) else load_rows(source, video_root=video_root)
+    if split is not None:
+        rows = [r for r in rows if r.split == split]
+    if not rows:
+        raise ValueError(f"no videos found in {source!r}" + (f" for split {split!r}" if split else ""))
+    return rows
+
+
 def _takes_generator(fn: Any) -> bool:
     import inspect
 
@@ -140,11 +151,7 @@ class VideoDataset(Dataset):
             raise ValueError(f"sampling must be 'random' or 'uniform', got {sampling!r}")
         if num_clips < 1:
             raise ValueError(f"num_clips must be >= 1, got {num_clips}")
-        rows = list(source) if isinstance(source, (list, tuple)) else load_rows(source, video_root=video_root)
-        if split is not None:
-            rows = [r for r in rows if r.split == split]
-        if not rows:
-            raise ValueError(f"no videos found in {source!r}" + (f" for split {split!r}" if split else ""))
+        rows = select_rows(source, video_root, split)
         self.rows: List[ManifestRow] = rows
         self.num_frames = num_frames
         self.clip_duration = clip_duration if clip_duration is not None else num_frames / 16.0

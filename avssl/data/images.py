@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-from avssl.data.datasets import TooManyDecodeErrors, _takes_generator, load_rows
+from avssl.data.datasets import TooManyDecodeErrors, _takes_generator, select_rows
 from avssl.data.decoding import DecodeError
 from avssl.data.image_transforms import to_float_image
 
@@ -449,11 +449,7 @@ class VideoFramesDataset(TensorImageDataset):
             raise ValueError(f"frames_per_video must be >= 1, got {frames_per_video}")
         if size is not None and int(size) <= 0:
             raise ValueError(f"size must be > 0, got {size}")
-        rows = list(source) if isinstance(source, (list, tuple)) else load_rows(source, video_root=video_root)
-        if split is not None:
-            rows = [r for r in rows if r.split == split]
-        if not rows:
-            raise ValueError(f"no videos found in {source!r}" + (f" for split {split!r}" if split else ""))
+        rows = select_rows(source, video_root, split)
         show = len(rows) > 200 if progress is None else progress
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 

@@ -62,8 +62,9 @@ Generation is deterministic: a video's random numbers come from ``numpy.random.S
 (seed, CRC-32 of its class name, its index), so a video does not depend on how many classes or
 videos are asked for, nor on the number of workers. The same arguments render the same frames and
 sound; encoding uses one x264 thread, and the mp4 files come out byte-identical in almost every run
-(PyAV 18.1 / its bundled ffmpeg), though a re-encode inside a long test session once gave a slightly
-different bitstream for the same frames, so nothing relies on byte identity. All files are written under a temporary name in their folder and renamed into
+(PyAV 18.1 / its bundled ffmpeg), though inside a long test session x264 has re-encoded the same
+frames into a slightly different bitstream (a few levels on some pixels), so nothing relies on byte
+identity. All files are written under a temporary name in their folder and renamed into
 place; a rerun with the same arguments keeps complete videos, writes the missing ones and rewrites
 byte-identical metadata, while a rerun with other arguments into the same folder is refused.
 """

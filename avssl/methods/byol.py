@@ -11,14 +11,13 @@ exactly. Shapes: views B×… → p, z' B×proj_dim.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict
 
 import torch
-import torch.nn as nn
 
 from avssl.losses import build_loss
 from avssl.methods import METHODS
-from avssl.methods.views import MomentumMethod, ViewsMethodConfig, cosine_momentum, pair_cosine
+from avssl.methods.views import MomentumMethod, ViewsMethodConfig, pair_cosine
 
 
 @dataclass
@@ -46,16 +45,10 @@ class BYOL(MomentumMethod):
                 raise ValueError(f"method.{key} must be in [0, 1], got {getattr(m, key)}")
         self.projector = ProjectionHead(self.encoder.out_dim, m.proj_hidden, m.proj_dim, num_layers=m.proj_layers)
         self.predictor = PredictionHead(m.proj_dim, m.pred_hidden, m.proj_dim)
+        self.momentum_base, self.momentum_final = m.tau_base, m.tau_final
         self.target_encoder = self.make_target(self.encoder)
         self.target_projector = self.make_target(self.projector)
         self.criterion = build_loss("byol")
-
-    def momentum_pairs(self) -> List[Tuple[nn.Module, nn.Module]]:
-        return [(self.encoder, self.target_encoder), (self.projector, self.target_projector)]
-
-    def momentum_at(self, step: int, total_steps: Optional[int]) -> float:
-        m = self.cfg.method
-        return cosine_momentum(step, total_steps, m.tau_base, m.tau_final)
 
     def compute_loss(self, batch: Dict[str, Any]) -> Dict[str, torch.Tensor]:
         """Loss, ``tau`` (τ of the update after this step) and ``pos_cos`` (prediction/target cosine)."""

@@ -17,10 +17,9 @@ Shapes: views B×… → q, k B×proj_dim; queue K×proj_dim (``criterion.queue`
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict
 
 import torch
-import torch.nn as nn
 
 from avssl.losses import build_loss
 from avssl.methods import METHODS
@@ -53,16 +52,11 @@ class MoCo(MomentumMethod):
             raise ValueError(f"method.momentum must be in [0, 1], got {m.momentum}")
         self.projector = ProjectionHead(self.encoder.out_dim, m.proj_hidden, m.proj_dim, num_layers=m.proj_layers,
                                         batch_norm=m.proj_batch_norm)
+        self.momentum_base = self.momentum_final = m.momentum  # constant
         self.key_encoder = self.make_target(self.encoder)
         self.key_projector = self.make_target(self.projector)
         self.criterion = build_loss("moco", queue_size=m.queue_size, dim=m.proj_dim, temperature=m.temperature,
                                     seed=int(cfg.seed))
-
-    def momentum_pairs(self) -> List[Tuple[nn.Module, nn.Module]]:
-        return [(self.encoder, self.key_encoder), (self.projector, self.key_projector)]
-
-    def momentum_at(self, step: int, total_steps: Optional[int]) -> float:
-        return float(self.cfg.method.momentum)
 
     def compute_loss(self, batch: Dict[str, Any]) -> Dict[str, torch.Tensor]:
         """Loss and ``pos_cos`` (mean cosine between each query and its key)."""

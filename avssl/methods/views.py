@@ -177,28 +177,33 @@ class MultiViewMethod(Method):
 class MomentumMethod(MultiViewMethod):
     """A multi-view method with EMA copies ("targets") of some of its modules (MoCo, BYOL).
 
-    Subclasses create targets with :meth:`make_target` and list the pairs in :meth:`momentum_pairs`;
-    :meth:`momentum_at` gives τ for an optimiser step. :meth:`optimizer_step` runs the optimiser and
-    then :meth:`momentum_update` — Lightning calls it once per optimiser step, never during the
-    accumulation phase of ``accumulate_grad_batches``. (Under fp16 mixed precision a step the grad
+    Subclasses create each target with :meth:`make_target` (which records the online/target pair) and
+    set ``momentum_base`` / ``momentum_final``: τ follows :func:`cosine_momentum` from the first to the
+    second over the run (equal values: a constant momentum, as MoCo's). :meth:`optimizer_step` runs the
+    optimiser and then :meth:`momentum_update` — Lightning calls it once per optimiser step, never during
+    the accumulation phase of ``accumulate_grad_batches``. (Under fp16 mixed precision a step the grad
     scaler skips still moves the targets towards the unchanged online weights.)
     """
 
-    @staticmethod
-    def make_target(module: nn.Module) -> nn.Module:
-        """A copy of ``module`` without gradients (an EMA target)."""
+    momentum_base: float = 0.996
+    momentum_final: float = 1.0
+
+    def make_target(self, module: nn.Module) -> nn.Module:
+        """A copy of ``module`` without gradients (an EMA target of it), recorded for the updates."""
         target = copy.deepcopy(module)
         for p in target.parameters():
             p.requires_grad_(False)
+        # A plain list: the modules are registered under their own attribute names already.
+        self.__dict__.setdefault("_momentum_pairs", []).append((module, target))
         return target
 
     def momentum_pairs(self) -> List[Tuple[nn.Module, nn.Module]]:
-        """(online, target) module pairs of identical structure."""
-        raise NotImplementedError(f"{type(self).__name__} must implement momentum_pairs")
+        """(online, target) module pairs of identical structure, in creation order."""
+        return list(self.__dict__.get("_momentum_pairs", []))
 
     def momentum_at(self, step: int, total_steps: Optional[int]) -> float:
         """τ for the update after optimiser step ``step`` (0-based) of ``total_steps``."""
-        raise NotImplementedError(f"{type(self).__name__} must implement momentum_at")
+        return cosine_momentum(step, total_steps, self.momentum_base, self.momentum_final)
 
     def total_steps(self) -> Optional[int]:
         """Optimiser steps of the whole run (the trainer's estimate); None without a trainer or when unbounded."""
