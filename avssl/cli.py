@@ -148,7 +148,7 @@ def _run_finetune(args: argparse.Namespace) -> int:
 # -- bench ---------------------------------------------------------------------------------------
 def _add_bench(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("bench", help="benchmarks, each measured side by side with a reference in the same run")
-    bsub = p.add_subparsers(dest="bench", required=True, metavar="{data,prep,models,cma}")
+    bsub = p.add_subparsers(dest="bench", required=True, metavar="{data,prep,models,cma,losses}")
 
     d = bsub.add_parser("data", help="clips/s of decode+augment: avssl vs pytorchvideo's LabeledVideoDataset")
     d.add_argument("--corpus", default=None, help="a corpus folder (default: generate one)")
@@ -180,7 +180,7 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     m.set_defaults(func=_run_bench_models)
 
     c = bsub.add_parser("cma", help="CMA positive-set search: chunked vs the naive full N×N similarity matrices")
-    c.add_argument("--sizes", type=int, nargs="+", default=[20000, 100000])
+    c.add_argument("--sizes", type=int, nargs="+", default=[10000, 100000, 240000])
     c.add_argument("--dim", type=int, default=128)
     c.add_argument("--k", type=int, default=32)
     c.add_argument("--chunk-size", type=int, default=4096)
@@ -189,6 +189,12 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--device", default=None)
     c.add_argument("--out", default=None, help="write the rows as JSON here")
     c.set_defaults(func=_run_bench_cma)
+
+    from avssl.bench.losses import add_arguments as add_loss_bench_arguments
+
+    lo = bsub.add_parser("losses", help="forward+backward time and memory of each loss vs an independent implementation")
+    add_loss_bench_arguments(lo)
+    lo.set_defaults(func=_run_bench_losses)
 
 
 def _cuda() -> bool:
@@ -231,6 +237,13 @@ def _run_bench_cma(args: argparse.Namespace) -> int:
     if args.out:
         argv += ["--json", args.out]
     main(argv)
+    return 0
+
+
+def _run_bench_losses(args: argparse.Namespace) -> int:
+    from avssl.bench.losses import run_from_args
+
+    run_from_args(args)
     return 0
 
 
@@ -357,6 +370,58 @@ def _run_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- compare -------------------------------------------------------------------------------------
+def _add_compare(sub: argparse._SubParsersAction) -> None:
+    from avssl.compare import entry_names
+
+    p = sub.add_parser("compare", help="every method on the synthetic corpus, same encoder and budget: one table")
+    p.add_argument("--out", default="compare_out")
+    p.add_argument("--methods", nargs="+", default=None, metavar="NAME",
+                   help=f"a subset of: {', '.join(entry_names())} (default: all)")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0])
+    p.add_argument("--epochs", type=int, default=12)
+    p.add_argument("--classes", type=int, default=10)
+    p.add_argument("--per-class", type=int, default=24)
+    p.add_argument("--seconds", type=float, default=4.0)
+    p.add_argument("--layerwise", default="temporal_order",
+                   help="the entry whose res2..res5 stages get a layer-wise linear probe ('' for none)")
+    p.add_argument("--page", default=None, help="also write the Markdown page here (e.g. docs/comparison.md)")
+    p.add_argument("--workers", type=int, default=None)
+    p.set_defaults(func=_run_compare)
+
+
+def _run_compare(args: argparse.Namespace) -> int:
+    from avssl.compare import run_compare
+
+    command = "avssl compare " + " ".join(sys.argv[2:]) if len(sys.argv) > 2 else "avssl compare"
+    run_compare(out=args.out, methods=args.methods, seeds=args.seeds, epochs=args.epochs, classes=args.classes,
+                per_class=args.per_class, seconds=args.seconds, layerwise=args.layerwise or None, page=args.page, workers=args.workers,
+                command=command.strip())
+    return 0
+
+
+def _add_cma_figure(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("cma-figure", help="PNG: reference videos, their CMA positives, and nearest neighbours by "
+                                          "video only and by audio only (from an avid_cma checkpoint)")
+    p.add_argument("config", help="the training config (its data.train lists the videos the banks index)")
+    p.add_argument("overrides", nargs="*")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--refs", type=int, nargs="+", default=[0, 1, 2, 3], help="training-set indices of the references")
+    p.add_argument("--k", type=int, default=5)
+    p.add_argument("--out", default="cma_positives.png")
+    p.set_defaults(func=_run_cma_figure)
+
+
+def _run_cma_figure(args: argparse.Namespace) -> int:
+    from avssl.config import load_config
+    from avssl.runner import cma_figure
+
+    cfg = load_config(args.config, args.overrides)
+    cma_figure(cfg, args.checkpoint, args.refs, args.out, k=args.k)
+    log.info("wrote %s", args.out)
+    return 0
+
+
 # -- helpers -------------------------------------------------------------------------------------
 def _print_mapping(title: str, mapping: dict) -> None:
     from rich.console import Console
@@ -382,6 +447,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_eval(sub)
     _add_bench(sub)
     _add_demo(sub)
+    _add_compare(sub)
+    _add_cma_figure(sub)
     return parser
 
 

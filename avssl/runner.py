@@ -58,7 +58,9 @@ def fit(
     os.makedirs(cfg.output_dir, exist_ok=True)
     atomic_write_text(os.path.join(cfg.output_dir, "config.yaml"), OmegaConf.to_yaml(cfg))
     method = method_cls(cfg)
-    dm = VideoDataModule(cfg, modalities=method.modalities)
+    # Extra objectives may read a modality the method itself does not (e.g. audio for a video method).
+    extra = tuple(e.modality for e in getattr(method, "extra_objectives", {}).values())
+    dm = VideoDataModule(cfg, modalities=tuple(dict.fromkeys((*method.modalities, *extra))))
     trainer = build_trainer(cfg, monitor=method.monitor, mode=method.monitor_mode, callbacks=extra_callbacks,
                             **(trainer_overrides or {}))
     last = os.path.join(cfg.output_dir, "checkpoints", "last.ckpt")

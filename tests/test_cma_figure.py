@@ -32,8 +32,17 @@ def test_figure_from_an_avid_cma_checkpoint(synth_corpus, tmp_path):
 
     cfg = load_config(overrides=tiny_overrides(synth_corpus, tmp_path, method="avid_cma", **{
         "data.audio": True, "method.proj_hidden": 16, "method.proj_dim": 8, "method.num_negatives": 8}))
-    table = cma_figure(cfg, fit(cfg, resume=False), refs=[0, 7], path=str(tmp_path / "cma.png"), k=3)
+    ckpt = fit(cfg, resume=False)
+    table = cma_figure(cfg, ckpt, refs=[0, 7], path=str(tmp_path / "cma.png"), k=3)
     assert (tmp_path / "cma.png").exists()
     for kind in ("cma", "video", "audio"):
         assert len(table[kind]) == 2 and all(len(r) == 3 for r in table[kind])
         assert 0 not in table[kind][0] and 7 not in table[kind][1]  # never the reference itself
+
+    # The same from the command line, with the config the run saved.
+    from avssl.cli import main
+
+    out = tmp_path / "cli.png"
+    assert main(["cma-figure", str(tmp_path / "config.yaml"), "--checkpoint", ckpt, "--refs", "2", "--k", "2",
+                 "--out", str(out)]) == 0
+    assert out.stat().st_size > 0

@@ -304,4 +304,8 @@ def test_cma_bench_rows():
     # Last-bit rounding differences between chunk and full matmuls could only reorder near-ties.
     assert isinstance(rows[0]["identical"], bool) and rows[0]["rows_matching"] >= 0.99 and rows[0]["naive_s"] > 0
     assert rows[1]["naive_s"] is None and rows[1]["naive_note"].startswith("skipped (N×N = ")
+    # The reported rate is the search's 4·N²·dim matmul flops over its wall time.
+    for r in rows:
+        assert abs(r["chunked_gflops"] - 4.0 * r["n"] ** 2 * 16 / r["chunked_s"] / 1e9) < 1e-9
+        assert r["matmul_gflops"] > 0 and abs(r["matmul_fraction"] - r["chunked_gflops"] / r["matmul_gflops"]) < 1e-12
     assert format_table(rows).row_count == 2

@@ -14,6 +14,11 @@ with the same positive set and how many of those list it in another order: ``top
 equal scores unspecified (the chunked search puts the lower index first), and a matmul over a row chunk
 may round differently in the last bit from the full one, which can only swap near-equal neighbours.
 
+Throughput: the search's matrix products cost 2 × 2·N²·dim flops (both banks against all queries); the
+table gives the rate reached and its fraction of what a plain ``torch.mm`` of one chunk against the whole
+bank (the same shapes, nothing else) reaches on the same device in the same run — the machine's matmul
+throughput for this problem, so the rest is the top-k, the agreement and the bookkeeping.
+
 Measured: wall time of one search (after a small warm-up on CUDA); peak tensor memory of the search above
 what is allocated before it (the banks): ``torch.cuda.max_memory_allocated`` on CUDA; on CPU, where PyTorch's
 allocations are invisible to ``tracemalloc``, the peak of ``torch.profiler``'s memory timeline
@@ -74,8 +79,25 @@ def _banks(n: int, dim: int, device: torch.device, seed: int):
     return v, a
 
 
+def matmul_gflops(n: int, dim: int, chunk_size: int, device: torch.device, seed: int = 0, repeats: int = 3) -> float:
+    """GFLOP/s of a plain fp32 ``torch.mm`` (chunk_size×dim)·(dim×n), best of ``repeats``: the reference rate."""
+    g = torch.Generator().manual_seed(seed)
+    q = torch.randn(min(chunk_size, n), dim, generator=g).to(device)
+    b = torch.randn(n, dim, generator=g).to(device)
+    q @ b.T  # warm-up
+    best = float("inf")
+    for _ in range(repeats):
+        _sync(device)
+        t0 = time.perf_counter()
+        out = q @ b.T
+        _sync(device)
+        best = min(best, time.perf_counter() - t0)
+        del out
+    return 2.0 * q.shape[0] * n * dim / best / 1e9
+
+
 def run_cma_bench(
-    sizes: Sequence[int] = (20000, 100000),
+    sizes: Sequence[int] = (10000, 100000, 240000),
     dim: int = 128,
     k: int = 32,
     chunk_size: int = 4096,
@@ -104,6 +126,9 @@ def run_cma_bench(
         }
         res = _timed(chunked, dev)
         row["chunked_s"] = res["seconds"]
+        row["chunked_gflops"] = 2 * 2.0 * n * n * dim / res["seconds"] / 1e9
+        row["matmul_gflops"] = matmul_gflops(int(n), dim, chunk_size, dev, seed)
+        row["matmul_fraction"] = row["chunked_gflops"] / row["matmul_gflops"]
         row["chunked_peak_mib"] = _peak_bytes(chunked, dev) / MIB if measure_memory else None
         chunk_out = res["out"]
         del res
@@ -142,9 +167,11 @@ def format_table(rows: Sequence[Dict[str, Any]]):
     table = Table(
         title=f"CMA positive search on {r0.get('device_name', '?')}: agreement {r0.get('agreement', '?')}, "
               f"k={r0.get('k', '?')}, dim={r0.get('dim', '?')}, chunk_size={r0.get('chunk_size', '?')}",
-        caption=f"memory: {mem.get(str(r0.get('memory_method')), 'peak memory')}; naive: full N×N matrices + topk",
+        caption=f"memory: {mem.get(str(r0.get('memory_method')), 'peak memory')}; naive: full N×N matrices + topk; "
+                f"of matmul: the search's matmul flops per second against a plain chunk×N torch.mm "
+                f"({r0.get('matmul_gflops', 0):.0f} GFLOP/s here)",
     )
-    for c in ("N", "chunked s", "chunked MiB", "naive s", "naive MiB", "identical"):
+    for c in ("N", "chunked s", "chunked MiB", "GFLOP/s", "of matmul", "naive s", "naive MiB", "identical"):
         table.add_column(c, justify="right")
     for r in rows:
         if r["naive_s"] is None:
@@ -156,6 +183,8 @@ def format_table(rows: Sequence[Dict[str, Any]]):
             if r["rows_reordered"]:
                 same += f"; order of ties differs in {r['rows_reordered']}"
         table.add_row(f"{r['n']:,}", _fmt(r["chunked_s"], ".2f"), _fmt(r["chunked_peak_mib"], ".0f"),
+                      _fmt(r.get("chunked_gflops"), ".1f"),
+                      _fmt(None if r.get("matmul_fraction") is None else 100 * r["matmul_fraction"], ".0f", " %"),
                       _fmt(r["naive_s"], ".2f"), _fmt(r["naive_peak_mib"], ".0f"), same)
     return table
 
@@ -171,7 +200,7 @@ def print_rows(rows: Sequence[Dict[str, Any]]) -> None:
 
 def main(argv: Optional[Sequence[str]] = None) -> List[Dict[str, Any]]:
     p = argparse.ArgumentParser(prog="avssl bench cma", description=__doc__.splitlines()[0])
-    p.add_argument("--sizes", type=int, nargs="+", default=[20000, 100000])
+    p.add_argument("--sizes", type=int, nargs="+", default=[10000, 100000, 240000])
     p.add_argument("--dim", type=int, default=128)
     p.add_argument("--k", type=int, default=32)
     p.add_argument("--chunk-size", type=int, default=4096)

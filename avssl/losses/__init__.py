@@ -19,6 +19,7 @@ def available_losses() -> List[str]:
     return LOSSES.names()
 
 
-from avssl.losses import audiovisual, clustering, contrastive, distillation, redundancy  # noqa: E402,F401  (registration)
+from avssl.losses import (  # noqa: E402,F401  (registration)
+    audiovisual, clustering, contrastive, distillation, pretext, redundancy)
 
 __all__ = ["LOSSES", "build_loss", "available_losses"]

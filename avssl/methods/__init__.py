@@ -23,6 +23,7 @@ def method_config_class(name: str) -> Type[Any]:
 
 
 from avssl.methods import (  # noqa: E402,F401  (registration)
-    audio_clusters, avid_cma, barlow_twins, byol, moco, simclr, simsiam, supervised, swav, vicreg, xmodal_nce)
+    audio_clusters, avid_cma, barlow_twins, byol, image_pretext, moco, simclr, simsiam, supervised, swav,
+    temporal_order, tracking, vicreg, xmodal_nce)
 
 __all__ = ["METHODS", "build_method", "available_methods", "method_config_class"]

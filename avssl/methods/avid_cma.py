@@ -13,6 +13,15 @@ length of the training set, read in :meth:`AvidCMA.setup` (Lightning calls ``set
 a checkpoint, so a resumed run finds the banks in place). The value found is written into the stored
 config, and loading a state dict builds the banks from its shapes, so :func:`avssl.runner.load_method`
 works either way.
+
+Starting from another run (``method.init_from: CKPT``, e.g. CMA on your own data from an AVID model):
+the checkpoint's encoders initialise this run, and its heads where their shapes match. Each bank row
+belongs to one training instance, so the banks carry a fingerprint of the training set they index (a
+hash of its videos in order, the ``bank_fingerprint`` buffer). The checkpoint's banks are taken when the
+fingerprints match; otherwise — another corpus, another split, or a checkpoint without banks — both
+banks are rebuilt by embedding every training video (one centre clip, no augmentation, the loaded
+encoders and heads, L2-normalised) before the first epoch, so CMA can start at epoch 0
+(``cma_start_epoch: 0``). The log says which case applied.
 """
 from __future__ import annotations
 
@@ -47,6 +56,27 @@ class AvidCMAConfig(BaseMethodConfig):
     xmodal_weight: float = 0.5
     wmodal_weight: float = 0.5
     cma_chunk_size: int = 4096
+    # An avid_cma (or any audio-visual) checkpoint whose encoders (and heads, where they fit) start this
+    # run; its memory banks are kept when they were built on this training set, else rebuilt.
+    init_from: Optional[str] = None
+    rebuild_batch_size: int = 32  # clips per batch when the banks are rebuilt from the encoders
+
+
+def dataset_fingerprint(dataset: Any) -> int:
+    """A 63-bit hash of the videos a dataset lists, in order (file names and clip windows), or of its length
+    when it has no rows: equal for the same training set, different for another corpus or split."""
+    import hashlib
+    import os
+
+    rows = getattr(dataset, "rows", None)
+    h = hashlib.sha1()
+    if rows is None:
+        h.update(f"len={len(dataset)}".encode())
+    else:
+        for r in rows:
+            window = r.window_in_path() if hasattr(r, "window_in_path") else None
+            h.update(f"{os.path.basename(str(getattr(r, 'path', r)))}|{window}\n".encode())
+    return int.from_bytes(h.digest()[:8], "big") >> 1 or 1
 
 
 @METHODS.register("avid_cma")
@@ -87,6 +117,8 @@ class AvidCMA(Method):
         # The epoch whose start last recomputed the positive sets (-1: never). A buffer, so a run resumed
         # mid-epoch does not recompute them from banks that have already moved on.
         self.register_buffer("positives_epoch", torch.tensor(-1, dtype=torch.long))
+        # Hash of the training set the bank rows index (0: unknown, e.g. banks never built against data).
+        self.register_buffer("bank_fingerprint", torch.tensor(0, dtype=torch.long))
         self._register_load_state_dict_pre_hook(self._build_from_state)
 
     # -- building --------------------------------------------------------------------------------
@@ -118,16 +150,115 @@ class AvidCMA(Method):
             self._build_criterion(int(state_dict[key].shape[0]))
 
     def setup(self, stage: str) -> None:
-        if self.criterion is not None:
-            return
         dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
         train_set = getattr(dm, "train_set", None)
-        if train_set is None:
-            if stage == "fit":
-                raise ValueError("avid_cma: method.num_data is not set and the datamodule has no train_set to "
-                                 "size the memory banks from; set method.num_data")
+        if self.criterion is None:
+            if train_set is None:
+                if stage == "fit":
+                    raise ValueError("avid_cma: method.num_data is not set and the datamodule has no train_set to "
+                                     "size the memory banks from; set method.num_data")
+                return
+            self._build_criterion(len(train_set))
+        if stage != "fit" or train_set is None:
             return
-        self._build_criterion(len(train_set))
+        fingerprint = dataset_fingerprint(train_set)
+        if self.cfg.method.init_from and int(self.global_step) == 0:
+            self.init_from_checkpoint(str(self.cfg.method.init_from), train_set, fingerprint)
+        elif int(self.bank_fingerprint) == 0:
+            self.bank_fingerprint.fill_(fingerprint)
+
+    # -- starting from another run -----------------------------------------------------------------
+    def init_from_checkpoint(self, path: str, train_set: Any, fingerprint: int) -> str:
+        """Load encoders (and fitting heads) from ``path``; keep its banks if they index ``train_set``,
+        else rebuild them. Returns ``"kept"`` or ``"rebuilt (<why>)"``."""
+        import logging
+        import os
+
+        log = logging.getLogger(__name__)
+        if not os.path.exists(path):
+            raise FileNotFoundError(f"method.init_from: checkpoint {path} does not exist")
+        state = torch.load(path, map_location="cpu", weights_only=False)
+        sd = state.get("state_dict", state)
+        own = self.state_dict()
+        for prefix in ("video_encoder.", "audio_encoder."):
+            part = {k: v for k, v in sd.items() if k.startswith(prefix)}
+            if not part:
+                raise KeyError(f"method.init_from: {path} has no {prefix[:-1]} weights (keys starting with "
+                               f"{prefix!r}); it must come from an audio-visual method")
+            bad = [k for k, v in part.items() if k not in own or own[k].shape != v.shape]
+            missing = [k for k in own if k.startswith(prefix) and k not in part]
+            if bad or missing:
+                raise ValueError(f"method.init_from: the {prefix[:-1]} of {path} does not fit model."
+                                 f"{prefix.split('_')[0]} (mismatched keys: {(bad + missing)[:5]})")
+        take = {k: v for k, v in sd.items() if k.split(".")[0] in ("video_encoder", "audio_encoder", "video_head",
+                                                                  "audio_head") and k in own
+                and own[k].shape == v.shape}
+        self.load_state_dict({**own, **take}, strict=True)
+        crit = self._require_criterion()
+        bank_keys = ("criterion.video_bank.weight", "criterion.audio_bank.weight")
+        theirs = int(sd["bank_fingerprint"]) if "bank_fingerprint" in sd else 0
+        if all(k in sd and sd[k].shape == own[k].shape for k in bank_keys) and theirs == fingerprint:
+            crit.video_bank.weight.copy_(sd[bank_keys[0]])
+            crit.audio_bank.weight.copy_(sd[bank_keys[1]])
+            self.bank_fingerprint.fill_(fingerprint)
+            log.info("avid_cma: initialised from %s; its memory banks index this training set and are kept", path)
+            return "kept"
+        why = ("it has no memory banks" if not all(k in sd for k in bank_keys)
+               else "they index another training set")
+        self.rebuild_banks(train_set)
+        self.bank_fingerprint.fill_(fingerprint)
+        log.info("avid_cma: initialised from %s; memory banks rebuilt from its encoders (%s)", path, why)
+        return f"rebuilt ({why})"
+
+    @torch.no_grad()
+    def embed_dataset(self, dataset: Any) -> Tuple[torch.Tensor, torch.Tensor]:
+        """L2-normalised projections (N×proj_dim video, N×proj_dim audio) of every item of ``dataset``
+        (batches with "video", "audio", "index"; a view axis is averaged), in row order of "index"."""
+        import torch.nn.functional as F
+        from torch.utils.data import DataLoader
+
+        from rich.progress import Progress
+
+        was_training = self.training
+        self.eval()
+        n = len(dataset)
+        dim = int(self.cfg.method.proj_dim)
+        out_v, out_a = torch.zeros(n, dim), torch.zeros(n, dim)
+        loader = DataLoader(dataset, batch_size=int(self.cfg.method.rebuild_batch_size), shuffle=False,
+                            num_workers=int(self.cfg.data.num_workers))
+        dev = self.device
+        with Progress(transient=True) as bar:
+            task = bar.add_task("embedding the training set for the memory banks", total=len(loader))
+            for batch in loader:
+                video, vv = flatten_views(batch["video"].to(dev), 5)
+                audio, va = flatten_views(batch["audio"].to(dev), 4)
+                zv, za = self.embed(video, audio)
+                b = batch["video"].shape[0]
+                zv = F.normalize(zv.float().view(b, vv, -1).mean(1), dim=1)
+                za = F.normalize(za.float().view(b, va, -1).mean(1), dim=1)
+                idx = torch.as_tensor(batch["index"]).long()
+                out_v[idx], out_a[idx] = zv.cpu(), za.cpu()
+                bar.advance(task)
+        self.train(was_training)
+        return out_v, out_a
+
+    def rebuild_banks(self, train_set: Any) -> None:
+        """Fill both banks with the current encoders' embeddings of every training video (one centre clip)."""
+        from omegaconf import OmegaConf
+
+        from avssl.data.datamodule import make_dataset
+
+        cfg = OmegaConf.create(OmegaConf.to_container(self.cfg, resolve=True)) if OmegaConf.is_config(self.cfg) \
+            else self.cfg
+        cfg.data.test_clips, cfg.data.test_crops = 1, 1
+        ds = make_dataset(cfg, "train", train=False, needs_audio=True)
+        if len(ds) != len(train_set):
+            raise RuntimeError(f"avid_cma: rebuilding the banks found {len(ds)} training videos, the training set "
+                               f"has {len(train_set)}")
+        zv, za = self.embed_dataset(ds)
+        crit = self._require_criterion()
+        crit.video_bank.weight.copy_(zv.to(crit.video_bank.weight))
+        crit.audio_bank.weight.copy_(za.to(crit.audio_bank.weight))
 
     def _require_criterion(self) -> nn.Module:
         if self.criterion is None:

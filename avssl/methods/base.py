@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Dict, Optional, Tuple
 
 import lightning as L
@@ -16,7 +16,13 @@ from avssl.engine import NonFiniteLossError, build_optimizer, build_scheduler
 
 @dataclass
 class BaseMethodConfig(MethodConfig):
-    """Keys every method takes (``name``); each method's ``Config`` extends it."""
+    """Keys every method takes; each method's ``Config`` extends it.
+
+    ``extra_objectives`` adds weighted pretext tasks to the method's own loss (see
+    :mod:`avssl.methods.pretext`): ``{temporal_order: {weight: 0.5, modality: video, ...}}``.
+    """
+
+    extra_objectives: Dict[str, Any] = field(default_factory=dict)
 
 
 class Method(L.LightningModule):
@@ -36,6 +42,11 @@ class Method(L.LightningModule):
         super().__init__()
         self.cfg = cfg
         self.save_hyperparameters({"config": to_dict(cfg)})
+        from avssl.methods.pretext import build_extra_objectives
+
+        # Built here from the encoder configs (feature sizes read on the meta device), so every method
+        # takes them without code of its own, and their heads are in the optimiser and the checkpoint.
+        self.extra_objectives = build_extra_objectives(cfg)
 
     # -- building --------------------------------------------------------------------------------
     @staticmethod
@@ -59,6 +70,8 @@ class Method(L.LightningModule):
 
     def training_step(self, batch: Dict[str, Any], batch_idx: int) -> torch.Tensor:
         out = self.compute_loss(batch)
+        if len(self.extra_objectives):
+            out = self.add_extra_objectives(batch, out)
         loss = out["loss"]
         if not bool(torch.isfinite(loss.detach()).all()):
             raise NonFiniteLossError(
@@ -71,6 +84,24 @@ class Method(L.LightningModule):
         for key, value in out.items():
             self.log(f"train/{key}", value.detach(), on_step=True, on_epoch=True, prog_bar=key == "loss", batch_size=bsz)
         return loss
+
+    def add_extra_objectives(self, batch: Dict[str, Any], out: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+        """``out["loss"]`` + Σ weight·task loss over ``method.extra_objectives``, each task run with this
+        method's encoder for its modality on ``batch[modality]``; the tasks' keys are added as ``<task>/<key>``."""
+        from avssl.methods.pretext import select_view
+
+        out = dict(out)
+        total = out["loss"]
+        for name, extra in self.extra_objectives.items():
+            if extra.modality not in batch:
+                raise KeyError(f"method.extra_objectives.{name} reads batch[{extra.modality!r}], which this "
+                               f"method's batches do not have (keys: {sorted(batch)})")
+            got = extra.task(self.encoder_for(extra.modality), select_view(batch[extra.modality], extra.modality))
+            total = total + extra.weight * got["loss"]
+            for key, value in got.items():
+                out[f"{name}/{key}"] = value
+        out["loss"] = total
+        return out
 
     def configure_optimizers(self) -> Any:
         o = self.cfg.optim
