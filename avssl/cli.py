@@ -355,6 +355,8 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--workers", type=int, default=None)
     p.add_argument("--image", action="store_true",
                    help="the image branch instead: simclr, byol, barlow_twins and swav on the digits set vs random init")
+    p.add_argument("--image-set", default="digits", choices=["digits", "digits_colour", "digits_cluttered"],
+                   help="with --image: which digits set")
     p.set_defaults(func=_run_demo)
 
 
@@ -362,7 +364,7 @@ def _run_demo(args: argparse.Namespace) -> int:
     from avssl.demo import run_demo, run_image_demo
 
     if args.image:
-        run_image_demo(out=args.out, epochs=args.epochs, seed=args.seed)
+        run_image_demo(out=args.out, epochs=args.epochs, seed=args.seed, image_set=args.image_set)
         return 0
 
     run_demo(out=args.out, classes=args.classes, per_class=args.per_class, seconds=args.seconds, size=args.size,

@@ -121,10 +121,14 @@ def run_image_demo(
     methods: tuple = IMAGE_METHODS,
     epochs: Optional[int] = None,
     seed: int = 0,
+    image_set: str = "digits",
 ) -> List[Dict[str, Any]]:
     """The image branch on scikit-learn's handwritten digits: each method in ``methods`` pretrains the
     same narrow ResNet-18 (``configs/demo/digits_*.yaml``, no labels), then a linear probe and kNN on
-    frozen features of the 450 held-out digits compare it with the same encoder at random init."""
+    frozen features of the 450 held-out digits compare it with the same encoder at random init.
+
+    ``image_set``: ``digits`` (grey, centred), ``digits_colour`` (in colour at a random place) or
+    ``digits_cluttered`` (smaller, over distractor strokes); see :func:`avssl.data.images.cluttered_digits`."""
     from rich.console import Console
 
     from avssl.eval.report import print_results_table, write_results_json
@@ -132,7 +136,7 @@ def run_image_demo(
 
     console = Console()
     t_start = time.perf_counter()
-    common = [f"seed={seed}"] + ([f"trainer.max_epochs={epochs}"] if epochs is not None else [])
+    common = [f"seed={seed}", f"data.train={image_set}"] + ([f"trainer.max_epochs={epochs}"] if epochs is not None else [])
     eval_cfg = _config("digits_simclr.yaml", out, [*common, f"output_dir={os.path.join(out, 'image', 'eval')}"])
     rows: List[Dict[str, Any]] = []
 
@@ -151,7 +155,7 @@ def run_image_demo(
         ckpt = fit(cfg, resume=False)
         add(name, ckpt, time.perf_counter() - t0)
     total = time.perf_counter() - t_start
-    print_results_table(rows, title=f"avssl image demo: digits (1,347 train / 450 held-out), "
+    print_results_table(rows, title=f"avssl image demo: {image_set} (1,347 train / 450 held-out), "
                                     f"total wall time {total / 60:.1f} min", console=console)
     write_results_json(rows, os.path.join(out, "image", "results.json"), meta={"wall_time_s": total, "seed": seed})
     return rows

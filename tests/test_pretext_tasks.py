@@ -169,11 +169,14 @@ def test_classifier_losses_match_cross_entropy_of_their_heads():
 def test_pirl_loss_direct_formula_and_known_values():
     torch.manual_seed(0)
     f, g = torch.randn(6, 8), torch.randn(6, 8)
-    loss = build_loss("pirl", temperature=0.5, symmetric=False)
+    loss = build_loss("pirl", temperature=0.5)
     a, b = F.normalize(f, dim=1), F.normalize(g, dim=1)
-    direct = -np.mean([math.log(math.exp(float(b[i] @ a[i]) / 0.5) / sum(math.exp(float(b[i] @ a[j]) / 0.5)
-                                                                        for j in range(6))) for i in range(6)])
-    assert abs(float(loss(f, g)) - direct) < 1e-5
+
+    def nce(q, k):  # -mean_i log softmax_j(<q_i, k_j>/τ)[i]
+        return -np.mean([math.log(math.exp(float(q[i] @ k[i]) / 0.5) /
+                                  sum(math.exp(float(q[i] @ k[j]) / 0.5) for j in range(6))) for i in range(6)])
+
+    assert abs(float(loss(f, g)) - 0.5 * (nce(b, a) + nce(a, b))) < 1e-5
     eye = torch.eye(6) * 10
     assert float(build_loss("pirl", temperature=0.07)(eye, eye)) < 1e-3 < float(build_loss("pirl")(f, g))
 

@@ -34,11 +34,18 @@ def _video_transform(d: Any, train: bool, crops: int = 1):
     return build_video_transform(**kw)
 
 
+#: The generated digit sets (``data.train`` names): the digits in colour at a random place, with or
+#: without clutter (see :func:`avssl.data.images.cluttered_digits`).
+CLUTTER = {"digits_cluttered": {"distractors": 2, "scale": (0.45, 0.75)},
+           "digits_colour": {"distractors": 0, "scale": (0.65, 0.9)}}
+
+
 def make_image_dataset(cfg: Any, part: str, train: bool) -> Any:
     """An image dataset (``data.kind: image``) over the ``part`` ("train" or "val") of ``cfg.data``.
 
     ``data.train`` names the images: ``digits`` (scikit-learn's bundled handwritten digits; val = its
-    held-out split), a folder per class (``data.val`` another folder), or a video corpus whose frames
+    held-out split), ``digits_cluttered`` (the same digits in colour at random places over clutter, see
+    :func:`avssl.data.images.cluttered_digits`), ``digits_colour`` (larger, without the clutter), a folder per class (``data.val`` another folder), or a video corpus whose frames
     are the images (manifest / folder tree, ``data.frames_per_video`` frames per video, split by
     ``train_split`` / ``val_split``). Training items carry the views of ``data.augment`` (default: the
     recipe named after the method, e.g. ``byol``'s asymmetric pair or ``swav``'s multi-crop, else
@@ -62,6 +69,11 @@ def make_image_dataset(cfg: Any, part: str, train: bool) -> Any:
     src = d.train if part == "train" else (d.val or d.train)
     if src is None:
         raise ValueError("data.train is not set: use 'digits', a folder of class folders, or a video manifest")
+    if src in ("digits_cluttered", "digits_colour"):
+        from avssl.data.images import ClutteredDigitsDataset
+
+        return ClutteredDigitsDataset("train" if part == "train" else "test", size=d.image_size, transform=transform,
+                                      seed=cfg.seed, **CLUTTER[src])
     if src == "digits":
         return DigitsDataset("train" if part == "train" else "test", size=d.image_size, transform=transform,
                              seed=cfg.seed)

@@ -43,6 +43,8 @@ __all__ = [
     "DigitsDataset",
     "VideoFramesDataset",
     "digits",
+    "cluttered_digits",
+    "ClutteredDigitsDataset",
     "split_views",
     "collate_views",
 ]
@@ -384,6 +386,79 @@ class DigitsDataset(TensorImageDataset):
         test_fraction: float = 0.25,
     ) -> None:
         images, labels = digits(split, size=size, seed=split_seed, test_fraction=test_fraction)
+        super().__init__(images, labels, transform=transform, seed=seed)
+        self.split = split
+        self.classes: List[str] = [str(d) for d in range(10)]
+
+
+def cluttered_digits(
+    split: str = "train", size: int = 32, seed: int = 0, test_fraction: float = 0.25, copies: int = 1,
+    distractors: int = 2, scale: Tuple[float, float] = (0.45, 0.75),
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """The handwritten digits made hard for a random encoder: colour, position, scale and clutter vary.
+
+    Each source digit of :func:`digits`' split (same stratified split) is rendered ``copies`` times onto
+    a ``size``×``size`` RGB canvas: a background of a random two-colour linear gradient plus pixel noise;
+    the digit, scaled to ``scale`` (45–75 %) of the canvas, at a random position, in a random colour far from the
+    background's; and ``distractors`` (2) distractor strokes (random 4×4 pieces of other digits, enlarged, in other
+    colours). Rendering is deterministic per (seed, split, source index, copy).
+
+    Returns:
+        (images uint8 N×3×size×size, labels int64 N) with N = copies × the split's digits.
+    """
+    if int(copies) < 1:
+        raise ValueError(f"copies must be >= 1, got {copies}")
+    src, labels = digits(split, size=8, seed=seed, test_fraction=test_fraction)  # N×1×8×8, 0..255
+    pool, _ = digits("all", size=8)
+    src_f, pool_f = src.float() / 255.0, pool.float() / 255.0
+    n, size = src.shape[0], int(size)
+    out = torch.empty(n * copies, 3, size, size, dtype=torch.uint8)
+    yy, xx = torch.meshgrid(torch.linspace(0, 1, size), torch.linspace(0, 1, size), indexing="ij")
+    split_id = {"train": 1, "test": 2, "all": 3}[split]
+    for c in range(copies):
+        for i in range(n):
+            rng = np.random.default_rng([int(seed), split_id, i, c])
+            c0, c1 = torch.from_numpy(rng.uniform(0, 1, 3)).float(), torch.from_numpy(rng.uniform(0, 1, 3)).float()
+            ang = rng.uniform(0, 2 * np.pi)
+            ramp = (np.cos(ang) * xx + np.sin(ang) * yy)
+            ramp = (ramp - ramp.min()) / (ramp.max() - ramp.min() + 1e-6)
+            canvas = c0[:, None, None] * (1 - ramp) + c1[:, None, None] * ramp
+            canvas = canvas + torch.from_numpy(rng.normal(0, 0.04, (3, size, size))).float()
+            bg_mean = 0.5 * (c0 + c1)
+
+            def far_colour() -> torch.Tensor:
+                best, best_d = None, -1.0
+                for _ in range(8):
+                    col = torch.from_numpy(rng.uniform(0, 1, 3)).float()
+                    d = float((col - bg_mean).abs().sum())
+                    if d > best_d:
+                        best, best_d = col, d
+                return best
+
+            def paste(glyph: torch.Tensor, side: int, colour: torch.Tensor) -> None:
+                g = F.interpolate(glyph[None], size=(side, side), mode="bilinear", align_corners=False)[0, 0]
+                top, left = int(rng.integers(0, size - side + 1)), int(rng.integers(0, size - side + 1))
+                alpha = g.clamp(0, 1)[None]
+                region = canvas[:, top:top + side, left:left + side]
+                canvas[:, top:top + side, left:left + side] = region * (1 - alpha) + colour[:, None, None] * alpha
+
+            for _ in range(int(distractors)):  # distractor strokes first: the digit is drawn over them
+                other = pool_f[int(rng.integers(0, len(pool_f)))]
+                oy, ox = int(rng.integers(0, 5)), int(rng.integers(0, 5))
+                paste(other[:, oy:oy + 4, ox:ox + 4], int(size * rng.uniform(0.25, 0.4)), far_colour())
+            paste(src_f[i], int(size * rng.uniform(*scale)), far_colour())
+            out[c * n + i] = (canvas.clamp(0, 1) * 255).round().to(torch.uint8)
+    return out, labels.repeat(copies)
+
+
+class ClutteredDigitsDataset(TensorImageDataset):
+    """:func:`cluttered_digits` as a :class:`TensorImageDataset` (RGB images 3×size×size uint8)."""
+
+    def __init__(self, split: str = "train", size: int = 32, transform: Optional[ImageTransform] = None,
+                 seed: int = 0, *, split_seed: int = 0, copies: int = 1, distractors: int = 2,
+                 scale: Tuple[float, float] = (0.45, 0.75)) -> None:
+        images, labels = cluttered_digits(split, size=size, seed=split_seed, copies=copies, distractors=distractors,
+                                          scale=scale)
         super().__init__(images, labels, transform=transform, seed=seed)
         self.split = split
         self.classes: List[str] = [str(d) for d in range(10)]

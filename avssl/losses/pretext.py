@@ -13,7 +13,7 @@ name                   input                                               head 
 ``rotation``           B×D features of a rotated input                     Linear -> 4
 ``jigsaw``             B×9×D features of shuffled tiles                    MLP(9D) -> P permutations
 ``relative_position``  B×2×D features (centre tile, neighbour)             MLP(2D) -> 8
-``pirl``               B×E, B×E embeddings of an input and its transform   InfoNCE, in-batch negatives
+``pirl``               B×E, B×E embeddings of an input and its transform   symmetric InfoNCE, in-batch
 ``tracking_triplet``   anchors, positives B×E                              ranking loss, hard negatives
 =====================  ==================================================  ===========================
 """
@@ -35,7 +35,21 @@ def _mlp(in_dim: int, hidden: int, out_dim: int) -> nn.Sequential:
     return nn.Sequential(nn.Linear(in_dim, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, out_dim))
 
 
-class PretextClassifierLoss(nn.Module):
+class _LogitsCrossEntropy(nn.Module):
+    """Cross-entropy of ``self.logits(feats)``; keeps the last logits (detached) for accuracies."""
+
+    def logits(self, feats: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError(f"{type(self).__name__} must implement logits")
+
+    def forward(self, feats: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """feats B×K×D, labels B (class indices) -> mean cross-entropy."""
+        with no_autocast(feats):
+            logits = self.logits(feats)
+            self.last_logits = logits.detach()  # for accuracies, without a second pass through the head
+            return F.cross_entropy(logits, labels.to(feats.device).long())
+
+
+class PretextClassifierLoss(_LogitsCrossEntropy):
     """Cross-entropy of a head over the concatenated features of K items: B×K×D (or B×D for K = 1).
 
     Args:
@@ -61,13 +75,6 @@ class PretextClassifierLoss(nn.Module):
             raise ValueError(f"expected features B×{self.num_items}×D, got shape {tuple(feats.shape)}")
         with no_autocast(feats):
             return self.head(full_precision(feats).flatten(1))
-
-    def forward(self, feats: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """feats B×K×D, labels B (in [0, num_classes)) -> mean cross-entropy."""
-        with no_autocast(feats):
-            logits = self.logits(feats)
-            self.last_logits = logits.detach()  # for accuracies, without a second pass through the head
-            return F.cross_entropy(logits, labels.to(feats.device).long())
 
 
 @LOSSES.register("temporal_order")
@@ -95,7 +102,7 @@ def relative_position_loss(feat_dim: int, hidden: int = 512) -> PretextClassifie
 
 
 @LOSSES.register("vcop")
-class VCOPLoss(nn.Module):
+class VCOPLoss(_LogitsCrossEntropy):
     """Clip order prediction (Xu et al. 2019): N clip features in shuffled order -> which of the N! orders.
 
     Every pair i < j of clip features is concatenated and passed through a shared MLP (2D -> ``hidden``);
@@ -124,47 +131,21 @@ class VCOPLoss(nn.Module):
             pair = torch.cat([f[:, list(i)], f[:, list(j)]], dim=2)  # B×P×2D
             return self.classifier(self.pair_mlp(pair).flatten(1))
 
-    def forward(self, feats: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """feats B×N×D, labels B (permutation indices) -> mean cross-entropy."""
-        with no_autocast(feats):
-            logits = self.logits(feats)
-            self.last_logits = logits.detach()  # for accuracies, without a second pass through the head
-            return F.cross_entropy(logits, labels.to(feats.device).long())
-
 
 @LOSSES.register("pirl")
-class PIRLLoss(nn.Module):
+def pirl_loss(temperature: float = 0.07, gather_distributed: bool = False) -> nn.Module:
     """PIRL's invariance objective (Misra & van der Maaten 2020), with in-batch negatives.
 
     ``f`` (B×E): embeddings of the inputs; ``g`` (B×E): embeddings of their transformed versions (e.g.
-    jigsaw tiles). Both are L2-normalised; each g_i must pick f_i among the batch's f (InfoNCE at
-    temperature τ), and, with ``symmetric``, each f_i its g_i::
-
-        L = −mean_i log( exp(⟨g_i, f_i⟩/τ) / Σ_j exp(⟨g_i, f_j⟩/τ) )
-
-    The paper contrasts against a memory bank of past f embeddings (and mixes in a term against the
-    bank for f itself); a task gets no dataset indices, so the batch supplies the negatives here.
+    jigsaw tiles). Each g_i must pick f_i among the batch's f and each f_i its g_i (symmetric InfoNCE at
+    temperature τ on L2-normalised rows) — the same objective as ``xmodal_nce`` with the transform in
+    place of the other modality. The paper contrasts against a memory bank of past f embeddings; a task
+    gets no dataset indices, so the batch (or, with ``gather_distributed``, every rank's) supplies the
+    negatives here.
     """
+    from avssl.losses.audiovisual import CrossModalNCE
 
-    def __init__(self, temperature: float = 0.07, symmetric: bool = True) -> None:
-        super().__init__()
-        if temperature <= 0:
-            raise ValueError(f"temperature must be > 0, got {temperature}")
-        self.temperature, self.symmetric = float(temperature), bool(symmetric)
-
-    def forward(self, f: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
-        """f, g: B×E -> scalar."""
-        if f.shape != g.shape or f.dim() != 2:
-            raise ValueError(f"pirl needs two B×E tensors of one shape, got {tuple(f.shape)} and {tuple(g.shape)}")
-        with no_autocast(f):
-            a = F.normalize(full_precision(f), dim=1)
-            b = F.normalize(full_precision(g), dim=1)
-            logits = b @ a.T / self.temperature
-            target = torch.arange(a.shape[0], device=a.device)
-            loss = F.cross_entropy(logits, target)
-            if self.symmetric:
-                loss = 0.5 * (loss + F.cross_entropy(logits.T, target))
-            return loss
+    return CrossModalNCE(temperature=temperature, gather_distributed=gather_distributed)
 
 
 @LOSSES.register("tracking_triplet")

@@ -28,12 +28,9 @@ import torch
 import torch.nn as nn
 
 from avssl.data.image_pretext import NEIGHBOURS, centre_square, grid_tiles, max_hamming_permutations, rotate
-from avssl.losses.pretext import PIRLLoss, jigsaw_loss, relative_position_loss, rotation_loss
-from avssl.methods.pretext import PRETEXT_TASKS, PretextTask, encode_items, register_pretext_method
-
-
-def _accuracy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    return (logits.argmax(1) == labels).float().mean()
+from avssl.losses.pretext import jigsaw_loss, pirl_loss, relative_position_loss, rotation_loss
+from avssl.methods.pretext import (PRETEXT_TASKS, ClassificationTask, PretextTask, encode_items,
+                                   register_pretext_method)
 
 
 def _check_input(x: torch.Tensor, task: str) -> None:
@@ -42,7 +39,7 @@ def _check_input(x: torch.Tensor, task: str) -> None:
 
 
 @PRETEXT_TASKS.register("rotation")
-class Rotation(PretextTask):
+class Rotation(ClassificationTask):
     """Rotation prediction (see the module docstring)."""
 
     def __init__(self, feat_dim: int, all_rotations: bool = True, hidden: int = 0) -> None:
@@ -62,15 +59,13 @@ class Rotation(PretextTask):
             k = (torch.rand(b, generator=generator) * 4).long().clamp(max=3)
         return rotate(x, k), k.to(x.device)
 
-    def forward(self, encoder: nn.Module, x: torch.Tensor,
-                generator: Optional[torch.Generator] = None) -> Dict[str, torch.Tensor]:
+    def sample_items(self, x: torch.Tensor, generator: Optional[torch.Generator] = None):
         inputs, k = self.sample(x, generator)
-        loss = self.loss(encoder(inputs), k)
-        return {"loss": loss, "acc": _accuracy(self.loss.last_logits, k)}
+        return inputs[:, None], k
 
 
-class _Tiles(PretextTask):
-    """Shared by the tile-based tasks: the 3×3 grid of jittered tiles."""
+class _Tiles(ClassificationTask):
+    """Shared by the tile-based tasks: the 3×3 grid of jittered tiles (PIRL uses the tiles, not the classifier)."""
 
     def __init__(self, feat_dim: int, tile_fraction: float = 0.8) -> None:
         super().__init__(feat_dim)
@@ -103,11 +98,8 @@ class Jigsaw(_Tiles):
         shuffled = tiles[torch.arange(b, device=tiles.device)[:, None], order]
         return shuffled, label.to(x.device)
 
-    def forward(self, encoder: nn.Module, x: torch.Tensor,
-                generator: Optional[torch.Generator] = None) -> Dict[str, torch.Tensor]:
-        tiles, label = self.sample(x, generator)
-        loss = self.loss(encode_items(encoder, tiles), label)
-        return {"loss": loss, "acc": _accuracy(self.loss.last_logits, label)}
+    def sample_items(self, x: torch.Tensor, generator: Optional[torch.Generator] = None):
+        return self.sample(x, generator)
 
 
 @PRETEXT_TASKS.register("relative_position")
@@ -129,11 +121,8 @@ class RelativePosition(_Tiles):
         pair = torch.stack([tiles[:, 4], tiles[rows, self.neighbour_cell.to(tiles.device)[label]]], dim=1)
         return pair, label
 
-    def forward(self, encoder: nn.Module, x: torch.Tensor,
-                generator: Optional[torch.Generator] = None) -> Dict[str, torch.Tensor]:
-        pair, label = self.sample(x, generator)
-        loss = self.loss(encode_items(encoder, pair), label)
-        return {"loss": loss, "acc": _accuracy(self.loss.last_logits, label)}
+    def sample_items(self, x: torch.Tensor, generator: Optional[torch.Generator] = None):
+        return self.sample(x, generator)
 
 
 @PRETEXT_TASKS.register("pirl")
@@ -148,7 +137,7 @@ class PIRL(_Tiles):
         self.transform = transform
         self.f_head = nn.Linear(feat_dim, embed_dim)
         self.g_head = nn.Linear(feat_dim * (9 if transform == "jigsaw" else 1), embed_dim)
-        self.loss = PIRLLoss(temperature)
+        self.loss = pirl_loss(temperature)
 
     def forward(self, encoder: nn.Module, x: torch.Tensor,
                 generator: Optional[torch.Generator] = None) -> Dict[str, torch.Tensor]:

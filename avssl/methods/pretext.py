@@ -59,6 +59,27 @@ class PretextTask(nn.Module):
         raise NotImplementedError(f"{type(self).__name__} must implement forward")
 
 
+class ClassificationTask(PretextTask):
+    """A task that samples K items per input with a class label and classifies their features.
+
+    Subclasses set ``self.loss`` (a classifier loss with ``last_logits``, see
+    :mod:`avssl.losses.pretext`) and implement :meth:`sample_items`.
+    """
+
+    loss: nn.Module
+
+    def sample_items(self, x: torch.Tensor, generator: Optional[torch.Generator] = None
+                     ) -> Tuple[torch.Tensor, torch.Tensor]:
+        """x -> (items B×K×C×[L×]H×W, labels B)."""
+        raise NotImplementedError(f"{type(self).__name__} must implement sample_items")
+
+    def forward(self, encoder: nn.Module, x: torch.Tensor,
+                generator: Optional[torch.Generator] = None) -> Dict[str, torch.Tensor]:
+        items, label = self.sample_items(x, generator)
+        loss = self.loss(encode_items(encoder, items), label)
+        return {"loss": loss, "acc": (self.loss.last_logits.argmax(1) == label).float().mean()}
+
+
 def available_pretext_tasks() -> List[str]:
     _register_all()
     return PRETEXT_TASKS.names()

@@ -19,14 +19,13 @@ small CPUs), ``gap`` (8), ``hidden`` (512).
 """
 from __future__ import annotations
 
-from typing import Dict, Optional
+from typing import Optional
 
 import torch
-import torch.nn as nn
 
 from avssl.data.pretext import frame_motion, gather_clips, gather_frames, order_tuples, permutations, vcop_starts
 from avssl.losses.pretext import VCOPLoss, temporal_order_loss
-from avssl.methods.pretext import PRETEXT_TASKS, PretextTask, encode_items, register_pretext_method
+from avssl.methods.pretext import PRETEXT_TASKS, ClassificationTask, register_pretext_method
 
 
 def _need_clips(x: torch.Tensor, task: str) -> None:
@@ -35,7 +34,7 @@ def _need_clips(x: torch.Tensor, task: str) -> None:
 
 
 @PRETEXT_TASKS.register("temporal_order")
-class TemporalOrder(PretextTask):
+class TemporalOrder(ClassificationTask):
     """Shuffle and Learn's order verification (see the module docstring for the keys)."""
 
     def __init__(self, feat_dim: int, positive_ratio: float = 0.25, window: Optional[int] = None,
@@ -59,16 +58,13 @@ class TemporalOrder(PretextTask):
             items = gather_clips(x, idx, self.frames_per_item)
         return items, idx, label.to(x.device)
 
-    def forward(self, encoder: nn.Module, x: torch.Tensor,
-                generator: Optional[torch.Generator] = None) -> Dict[str, torch.Tensor]:
+    def sample_items(self, x: torch.Tensor, generator: Optional[torch.Generator] = None):
         items, _, label = self.sample(x, generator)
-        feats = encode_items(encoder, items)
-        loss = self.loss(feats, label)
-        return {"loss": loss, "acc": (self.loss.last_logits.argmax(1) == label).float().mean()}
+        return items, label
 
 
 @PRETEXT_TASKS.register("vcop")
-class ClipOrder(PretextTask):
+class ClipOrder(ClassificationTask):
     """VCOP's clip order prediction (see the module docstring for the keys)."""
 
     def __init__(self, feat_dim: int, num_clips: int = 3, clip_frames: int = 16, gap: int = 8,
@@ -93,12 +89,9 @@ class ClipOrder(PretextTask):
         shuffled = starts.gather(1, order)
         return gather_clips(x, shuffled, self.clip_frames), shuffled, label.to(x.device)
 
-    def forward(self, encoder: nn.Module, x: torch.Tensor,
-                generator: Optional[torch.Generator] = None) -> Dict[str, torch.Tensor]:
-        clips, _, label = self.sample(x, generator)
-        feats = encode_items(encoder, clips)
-        loss = self.loss(feats, label)
-        return {"loss": loss, "acc": (self.loss.last_logits.argmax(1) == label).float().mean()}
+    def sample_items(self, x: torch.Tensor, generator: Optional[torch.Generator] = None):
+        items, _, label = self.sample(x, generator)
+        return items, label
 
 
 register_pretext_method("temporal_order")
