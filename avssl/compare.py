@@ -224,6 +224,7 @@ def run_compare(
                          workers=workers)
     per_seed: List[Dict[str, Any]] = []
     checkpoints: Dict[tuple, Optional[str]] = {}
+    reused: List[str] = []
     families = {"random init": "baseline", **{e.name: e.family for e in entries}}
 
     def record(method: str, seed: int, ckpt: Optional[str], train_s: float) -> None:
@@ -247,6 +248,7 @@ def run_compare(
             done = _finished(run_dir, epochs)
             if done is not None:  # a finished run of an earlier call: reuse it (the comparison is resumable)
                 ckpt, train_s = done
+                reused.append(e.name)
                 console.print(f"reusing {ckpt} ({train_s:.0f} s of training)")
                 checkpoints[(e.name, seed)] = ckpt
                 record(e.name, seed, ckpt, train_s)
@@ -289,7 +291,7 @@ def run_compare(
         plot_comparison(summary, png, chance=1.0 / classes)
     text = render_page(summary, layer_rows, layerwise, seeds=seeds, epochs=epochs, classes=classes,
                        per_class=per_class, seconds=seconds, wall_s=total, command=command, failed=failed,
-                       png=os.path.basename(png) if summary else None)
+                       png=os.path.basename(png) if summary else None, reused=len(reused))
     page_path = page or os.path.join(out, "comparison.md")
     atomic_write_text(page_path, text)
     if page:
@@ -308,7 +310,7 @@ def run_compare(
 
 def render_page(summary: Sequence[Dict[str, Any]], layer_rows: Sequence[Dict[str, Any]], layerwise: Optional[str],
                 seeds: Sequence[int], epochs: int, classes: int, per_class: int, seconds: float, wall_s: float,
-                command: str, failed: Sequence[str] = (), png: Optional[str] = None) -> str:
+                command: str, failed: Sequence[str] = (), png: Optional[str] = None, reused: int = 0) -> str:
     """The Markdown page: set-up, the comparison table, the layer-wise table, how to reproduce."""
     import torch
 
@@ -316,7 +318,9 @@ def render_page(summary: Sequence[Dict[str, Any]], layer_rows: Sequence[Dict[str
         "# Comparison of the self-supervised methods on the synthetic corpus",
         "",
         f"Produced by `{command}` in {wall_s / 60:.0f} min on {os.cpu_count()} CPU cores "
-        f"({platform.processor() or platform.machine()}, torch {torch.__version__}).",
+        f"({platform.processor() or platform.machine()}, torch {torch.__version__})"
+        + (f", reusing {reused} finished runs of an earlier call (their training time is in the table)." if reused
+           else "."),
         "",
         f"- **Corpus:** `avssl synth`: {classes} classes × {per_class} videos × {seconds:g} s, prepared to 80 px; "
         f"held-out videos are the val split. Chance is {100 / classes:.0f}%.",

@@ -93,3 +93,13 @@ def test_cma_from_epoch_zero_on_a_rebuilt_bank(synth_corpus, tmp_path, avid_ckpt
     pos = sd["criterion.positives"]
     assert (pos >= 0).all() and int(sd["positives_epoch"]) == 0
     assert (pos != torch.arange(len(pos))[:, None]).all()
+
+
+def test_checkpoints_without_a_fingerprint_still_load(avid_ckpt, tmp_path):
+    from avssl.runner import load_method
+
+    state = torch.load(avid_ckpt, map_location="cpu", weights_only=False)
+    del state["state_dict"]["bank_fingerprint"]
+    old = tmp_path / "old.ckpt"
+    torch.save(state, old)
+    assert int(load_method(str(old)).bank_fingerprint) == 0

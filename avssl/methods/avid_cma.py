@@ -143,6 +143,8 @@ class AvidCMA(Method):
             stored["method"]["num_data"] = num_data
 
     def _build_from_state(self, state_dict: Dict[str, Any], prefix: str, *args: Any) -> None:
+        # Checkpoints written before banks carried a fingerprint: "unknown" (0), so init_from rebuilds.
+        state_dict.setdefault(f"{prefix}bank_fingerprint", torch.tensor(0, dtype=torch.long))
         if self.criterion is not None:
             return
         key = f"{prefix}criterion.video_bank.weight"
