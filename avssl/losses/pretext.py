@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from abc import ABCMeta, abstractmethod
 from typing import Optional
 
 import torch
@@ -35,11 +36,12 @@ def _mlp(in_dim: int, hidden: int, out_dim: int) -> nn.Sequential:
     return nn.Sequential(nn.Linear(in_dim, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, out_dim))
 
 
-class _LogitsCrossEntropy(nn.Module):
+class _LogitsCrossEntropy(nn.Module, metaclass=ABCMeta):
     """Cross-entropy of ``self.logits(feats)``; keeps the last logits (detached) for accuracies."""
 
+    @abstractmethod
     def logits(self, feats: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError(f"{type(self).__name__} must implement logits")
+        """feats B×K×D -> B×classes."""
 
     def forward(self, feats: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """feats B×K×D, labels B (class indices) -> mean cross-entropy."""

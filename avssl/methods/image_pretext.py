@@ -64,11 +64,12 @@ class Rotation(ClassificationTask):
         return inputs[:, None], k
 
 
-class _Tiles(ClassificationTask):
-    """Shared by the tile-based tasks: the 3×3 grid of jittered tiles (PIRL uses the tiles, not the classifier)."""
+class _Tiles:
+    """Mixin of the tile-based tasks: the 3×3 grid of jittered tiles."""
 
-    def __init__(self, feat_dim: int, tile_fraction: float = 0.8) -> None:
-        super().__init__(feat_dim)
+    tile_fraction: float
+
+    def set_tile_fraction(self, tile_fraction: float) -> None:
         if not 0.0 < tile_fraction <= 1.0:
             raise ValueError(f"tile_fraction must be in (0, 1], got {tile_fraction}")
         self.tile_fraction = float(tile_fraction)
@@ -79,12 +80,13 @@ class _Tiles(ClassificationTask):
 
 
 @PRETEXT_TASKS.register("jigsaw")
-class Jigsaw(_Tiles):
+class Jigsaw(_Tiles, ClassificationTask):
     """Jigsaw puzzles (see the module docstring)."""
 
     def __init__(self, feat_dim: int, num_permutations: int = 1000, permutation_seed: int = 0,
                  tile_fraction: float = 0.8, hidden: int = 1024) -> None:
-        super().__init__(feat_dim, tile_fraction)
+        super().__init__(feat_dim)
+        self.set_tile_fraction(tile_fraction)
         self.register_buffer("perms", max_hamming_permutations(num_permutations, 9, permutation_seed),
                              persistent=False)
         self.loss = jigsaw_loss(feat_dim, num_permutations, hidden)
@@ -103,11 +105,12 @@ class Jigsaw(_Tiles):
 
 
 @PRETEXT_TASKS.register("relative_position")
-class RelativePosition(_Tiles):
+class RelativePosition(_Tiles, ClassificationTask):
     """Relative patch position (see the module docstring)."""
 
     def __init__(self, feat_dim: int, tile_fraction: float = 0.8, hidden: int = 512) -> None:
-        super().__init__(feat_dim, tile_fraction)
+        super().__init__(feat_dim)
+        self.set_tile_fraction(tile_fraction)
         self.loss = relative_position_loss(feat_dim, hidden)
         cells = [(1 + dy) * 3 + (1 + dx) for dy, dx in NEIGHBOURS]
         self.register_buffer("neighbour_cell", torch.tensor(cells), persistent=False)
@@ -126,12 +129,13 @@ class RelativePosition(_Tiles):
 
 
 @PRETEXT_TASKS.register("pirl")
-class PIRL(_Tiles):
+class PIRL(_Tiles, PretextTask):
     """PIRL: invariance to the jigsaw (or rotation) transform, by contrast (see the module docstring)."""
 
     def __init__(self, feat_dim: int, transform: str = "jigsaw", embed_dim: int = 128, temperature: float = 0.07,
                  tile_fraction: float = 0.8) -> None:
-        super().__init__(feat_dim, tile_fraction)
+        super().__init__(feat_dim)
+        self.set_tile_fraction(tile_fraction)
         if transform not in ("jigsaw", "rotation"):
             raise ValueError(f"pirl transform must be 'jigsaw' or 'rotation', got {transform!r}")
         self.transform = transform

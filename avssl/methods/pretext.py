@@ -22,6 +22,7 @@ Tasks are registered in :data:`PRETEXT_TASKS`; each registered task is also a me
 """
 from __future__ import annotations
 
+from abc import ABCMeta, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -36,7 +37,7 @@ PRETEXT_TASKS: Registry[Any] = Registry("pretext task")
 SAMPLE_DIMS: Dict[str, int] = {"video": 4, "image": 3, "audio": 3}
 
 
-class PretextTask(nn.Module):
+class PretextTask(nn.Module, metaclass=ABCMeta):
     """Base of every pretext task.
 
     Args:
@@ -53,10 +54,10 @@ class PretextTask(nn.Module):
             raise ValueError(f"feat_dim must be >= 1, got {feat_dim}")
         self.feat_dim = int(feat_dim)
 
+    @abstractmethod
     def forward(self, encoder: nn.Module, x: torch.Tensor,
                 generator: Optional[torch.Generator] = None) -> Dict[str, torch.Tensor]:
         """encoder: inputs -> B×feat_dim; x: B×C×T×H×W or B×C×H×W -> {"loss": scalar, diagnostics...}."""
-        raise NotImplementedError(f"{type(self).__name__} must implement forward")
 
 
 class ClassificationTask(PretextTask):
@@ -68,10 +69,10 @@ class ClassificationTask(PretextTask):
 
     loss: nn.Module
 
+    @abstractmethod
     def sample_items(self, x: torch.Tensor, generator: Optional[torch.Generator] = None
                      ) -> Tuple[torch.Tensor, torch.Tensor]:
         """x -> (items B×K×C×[L×]H×W, labels B)."""
-        raise NotImplementedError(f"{type(self).__name__} must implement sample_items")
 
     def forward(self, encoder: nn.Module, x: torch.Tensor,
                 generator: Optional[torch.Generator] = None) -> Dict[str, torch.Tensor]:
