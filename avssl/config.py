@@ -74,6 +74,8 @@ class DataConfig:
     backend: str = "decord"
     image_size: int = 32  # image side (kind=image)
     frames_per_video: int = 4  # kind=image over a video manifest: frames taken from each video
+    image_copies: int = 1  # digits_colour / digits_cluttered: renderings of each training digit
+    positives_across_copies: bool = False  # ... and a training item's views come from different renderings
     augment: Optional[str] = None  # image view recipe (simclr, byol, swav, ...); default: the method's name
     augment_kwargs: Dict[str, Any] = field(default_factory=dict)  # e.g. {min_scale: 0.3}
 

@@ -69,11 +69,16 @@ def make_image_dataset(cfg: Any, part: str, train: bool) -> Any:
     src = d.train if part == "train" else (d.val or d.train)
     if src is None:
         raise ValueError("data.train is not set: use 'digits', a folder of class folders, or a video manifest")
-    if src in ("digits_cluttered", "digits_colour"):
+    if (d.image_copies != 1 or d.positives_across_copies) and src not in CLUTTER:
+        raise ValueError(f"data.image_copies / data.positives_across_copies apply to the generated sets "
+                         f"{sorted(CLUTTER)}, not to data.train={src!r}")
+    if src in CLUTTER:
         from avssl.data.images import ClutteredDigitsDataset
 
+        # More renderings only for training: the held-out split stays one rendering per test digit.
         return ClutteredDigitsDataset("train" if part == "train" else "test", size=d.image_size, transform=transform,
-                                      seed=cfg.seed, **CLUTTER[src])
+                                      seed=cfg.seed, copies=d.image_copies if part == "train" else 1,
+                                      group_copies=d.positives_across_copies and part == "train", **CLUTTER[src])
     if src == "digits":
         return DigitsDataset("train" if part == "train" else "test", size=d.image_size, transform=transform,
                              seed=cfg.seed)

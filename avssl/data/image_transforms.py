@@ -308,6 +308,10 @@ class ViewsAugment(Transform):
         x = to_float_image(x)  # once, not per view
         return [_call(a, x, generator) for a in self.augments]
 
+    def view(self, i: int, x: Any, generator: Optional[torch.Generator] = None) -> Image:
+        """View ``i`` alone, of ``x`` (datasets whose views come from different images of one source)."""
+        return _call(self.augments[i], to_float_image(x), generator)
+
     def __repr__(self) -> str:
         inner = "".join(f"\n  {a!r}," for a in self.augments)
         return f"{type(self).__name__}([{inner}\n])"

@@ -32,7 +32,7 @@ from torch.utils.data import Dataset
 
 from avssl.data.datasets import TooManyDecodeErrors, _takes_generator, select_rows
 from avssl.data.decoding import DecodeError
-from avssl.data.image_transforms import to_float_image
+from avssl.data.image_transforms import ViewsAugment, to_float_image
 
 log = logging.getLogger(__name__)
 
@@ -141,6 +141,10 @@ class TensorImageDataset(_ImageDataset):
         transform: image C×H×W -> view(s) (see the module docstring); None returns the image as float
             3×H×W in [0, 1].
         seed: seeds the per-item draws (with the index and the epoch of :meth:`set_epoch`).
+        groups: optional N group ids marking images that show the same source (e.g. several renderings
+            of one digit). With a multi-view transform (:class:`~avssl.data.image_transforms.ViewsAugment`)
+            the first view is of the item itself and every other view of a member of its group drawn at
+            random, so positives differ by more than the augmentation (as two clips of one video do).
     """
 
     def __init__(
@@ -149,6 +153,7 @@ class TensorImageDataset(_ImageDataset):
         labels: Optional[Sequence[int]] = None,
         transform: Optional[ImageTransform] = None,
         seed: int = 0,
+        groups: Optional[Sequence[int]] = None,
     ) -> None:
         super().__init__(transform, seed)
         who = type(self).__name__
@@ -164,6 +169,14 @@ class TensorImageDataset(_ImageDataset):
             raise TypeError(f"{who}: images must be uint8 or float, got dtype {images.dtype}")
         self.images = images
         self.targets = _as_labels(labels, images.shape[0], who)
+        self.members: Optional[List[torch.Tensor]] = None
+        self.group_of: Optional[torch.Tensor] = None
+        if groups is not None:
+            gid = _as_labels(groups, images.shape[0], who + " groups")
+            _, self.group_of = torch.unique(gid, return_inverse=True)
+            order = torch.argsort(self.group_of, stable=True)
+            counts = torch.bincount(self.group_of).tolist()
+            self.members = list(order.split(counts))
 
     def __len__(self) -> int:
         return int(self.images.shape[0])
@@ -177,7 +190,15 @@ class TensorImageDataset(_ImageDataset):
         if not -len(self) <= index < len(self):
             raise IndexError(f"index {index} out of range for {type(self).__name__} of {len(self)} images")
         index %= len(self)
-        image = self._apply(self.images[index], self._generator(index))
+        g = self._generator(index)
+        if self.members is not None and isinstance(self.transform, ViewsAugment):
+            assert self.group_of is not None
+            group = self.members[int(self.group_of[index])]
+            picks = [index] + [int(group[int(torch.randint(len(group), (1,), generator=g))])
+                               for _ in range(self.transform.num_views - 1)]
+            image: Any = _item_image([self.transform.view(i, self.images[j], g) for i, j in enumerate(picks)])
+        else:
+            image = self._apply(self.images[index], g)
         return {"image": image, "label": int(self.targets[index]), "index": index}
 
 
@@ -452,14 +473,19 @@ def cluttered_digits(
 
 
 class ClutteredDigitsDataset(TensorImageDataset):
-    """:func:`cluttered_digits` as a :class:`TensorImageDataset` (RGB images 3×size×size uint8)."""
+    """:func:`cluttered_digits` as a :class:`TensorImageDataset` (RGB images 3×size×size uint8).
+
+    ``group_copies``: the ``copies`` renderings of one digit form a group (see :class:`TensorImageDataset`),
+    so a multi-view transform takes its views from different renderings of the digit.
+    """
 
     def __init__(self, split: str = "train", size: int = 32, transform: Optional[ImageTransform] = None,
                  seed: int = 0, *, split_seed: int = 0, copies: int = 1, distractors: int = 2,
-                 scale: Tuple[float, float] = (0.45, 0.75)) -> None:
+                 scale: Tuple[float, float] = (0.45, 0.75), group_copies: bool = False) -> None:
         images, labels = cluttered_digits(split, size=size, seed=split_seed, copies=copies, distractors=distractors,
                                           scale=scale)
-        super().__init__(images, labels, transform=transform, seed=seed)
+        groups = torch.arange(len(labels) // copies).repeat(copies) if group_copies else None
+        super().__init__(images, labels, transform=transform, seed=seed, groups=groups)
         self.split = split
         self.classes: List[str] = [str(d) for d in range(10)]
 
