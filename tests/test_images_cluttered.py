@@ -92,3 +92,12 @@ def test_image_copies_on_another_set_is_refused():
                         "data": {"kind": "image", "train": "digits", "image_size": 16, "image_copies": 3}})
     with pytest.raises(ValueError, match="image_copies.*digits_colour"):
         make_dataset(cfg, "train", train=True, needs_audio=False)
+
+
+def test_groups_of_the_wrong_length_are_refused():
+    import pytest
+
+    from avssl.data.images import TensorImageDataset
+
+    with pytest.raises(ValueError, match="TensorImageDataset: groups must be a sequence of 4 ints"):
+        TensorImageDataset(torch.zeros(4, 3, 2, 2, dtype=torch.uint8), groups=[0, 1, 0])

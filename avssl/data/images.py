@@ -121,14 +121,14 @@ class _ImageDataset(Dataset):
         return _item_image(out)
 
 
-def _as_labels(labels: Any, n: int, who: str) -> torch.Tensor:
+def _as_labels(labels: Any, n: int, who: str, what: str = "labels") -> torch.Tensor:
     if labels is None:
         return torch.full((n,), -1, dtype=torch.long)
     t = torch.as_tensor(np.asarray(labels) if not isinstance(labels, torch.Tensor) else labels)
     if t.ndim != 1 or t.shape[0] != n:
-        raise ValueError(f"{who}: labels must be a sequence of {n} ints (one per image), got shape {tuple(t.shape)}")
+        raise ValueError(f"{who}: {what} must be a sequence of {n} ints (one per image), got shape {tuple(t.shape)}")
     if t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:
-        raise TypeError(f"{who}: labels must be integers, got dtype {t.dtype}")
+        raise TypeError(f"{who}: {what} must be integers, got dtype {t.dtype}")
     return t.to(torch.long)
 
 
@@ -172,7 +172,7 @@ class TensorImageDataset(_ImageDataset):
         self.members: Optional[List[torch.Tensor]] = None
         self.group_of: Optional[torch.Tensor] = None
         if groups is not None:
-            gid = _as_labels(groups, images.shape[0], who + " groups")
+            gid = _as_labels(groups, images.shape[0], who, "groups")
             _, self.group_of = torch.unique(gid, return_inverse=True)
             order = torch.argsort(self.group_of, stable=True)
             counts = torch.bincount(self.group_of).tolist()
@@ -194,8 +194,7 @@ class TensorImageDataset(_ImageDataset):
         if self.members is not None and isinstance(self.transform, ViewsAugment):
             assert self.group_of is not None
             group = self.members[int(self.group_of[index])]
-            picks = [index] + [int(group[int(torch.randint(len(group), (1,), generator=g))])
-                               for _ in range(self.transform.num_views - 1)]
+            picks = [index] + group[torch.randint(len(group), (self.transform.num_views - 1,), generator=g)].tolist()
             image: Any = _item_image([self.transform.view(i, self.images[j], g) for i, j in enumerate(picks)])
         else:
             image = self._apply(self.images[index], g)
