@@ -91,6 +91,8 @@ class OptimConfig:
     betas: List[float] = field(default_factory=lambda: [0.9, 0.999])
     lars_eta: float = 0.001
     exclude_bias_and_norm: bool = True  # no weight decay (nor LARS adaptation) on biases and norms
+    # Module path -> learning-rate multiplier (longest prefix wins; 0 freezes), e.g. {audio_encoder: 0.1}.
+    lr_mult: Dict[str, float] = field(default_factory=dict)
     scheduler: str = "cosine"  # cosine | constant
     warmup_epochs: float = 0.0
     warmup_start_factor: float = 0.01

@@ -65,26 +65,73 @@ class LARS(torch.optim.Optimizer):
         return loss
 
 
-def param_groups(modules: nn.Module, weight_decay: float, exclude_bias_and_norm: bool = True) -> List[Dict[str, Any]]:
-    """Two groups: weights with decay, and biases/norm parameters without (nor LARS adaptation)."""
-    decay, no_decay = [], []
-    for name, p in modules.named_parameters():
-        if not p.requires_grad:
-            continue
-        if exclude_bias_and_norm and (p.ndim <= 1 or name.endswith(".bias")):
-            no_decay.append(p)
+def _lr_mult_of(name: str, lr_mult: Dict[str, float]) -> float:
+    """The multiplier of the longest prefix in ``lr_mult`` that is ``name`` or a module path above it."""
+    best, mult = -1, 1.0
+    for prefix, m in lr_mult.items():
+        if (name == prefix or name.startswith(prefix + ".")) and len(prefix) > best:
+            best, mult = len(prefix), float(m)
+    return mult
+
+
+def _flatten_paths(tree: Dict[str, Any], prefix: str = "") -> Dict[str, Any]:
+    """``{"a": {"b": 0.1}}`` -> ``{"a.b": 0.1}``: a command-line override ``optim.lr_mult.a.b=0.1`` nests."""
+    flat: Dict[str, Any] = {}
+    for k, v in dict(tree).items():
+        path = f"{prefix}{k}"
+        if isinstance(v, dict) or hasattr(v, "items"):
+            flat.update(_flatten_paths(dict(v.items()), path + "."))
         else:
-            decay.append(p)
-    groups = [{"params": decay, "weight_decay": weight_decay}]
-    if no_decay:
-        groups.append({"params": no_decay, "weight_decay": 0.0, "lars_adapt": False})
+            flat[path] = v
+    return flat
+
+
+def param_groups(
+    modules: nn.Module, weight_decay: float, exclude_bias_and_norm: bool = True,
+    lr_mult: Optional[Dict[str, float]] = None,
+) -> List[Dict[str, Any]]:
+    """Weights with decay, and biases/norm parameters without (nor LARS adaptation).
+
+    ``lr_mult`` maps module paths (``"audio_encoder"``, ``"video_encoder.layer4"``: prefixes of parameter
+    names at a ``.`` boundary; the longest match wins) to learning-rate multipliers; each group carries its
+    ``lr_mult`` (1.0 when none applies), and parameters whose multiplier is 0 are left out, i.e. frozen.
+    A path that names no trainable parameter, or a negative multiplier, is a ValueError.
+    """
+    lr_mult = _flatten_paths(lr_mult or {})
+    named = [(n, p) for n, p in modules.named_parameters() if p.requires_grad]
+    for prefix, m in lr_mult.items():
+        if not isinstance(m, (int, float)) or m < 0 or not math.isfinite(m):
+            raise ValueError(f"optim.lr_mult[{prefix!r}] must be a finite number >= 0, got {m!r}")
+        if not any(n == prefix or n.startswith(prefix + ".") for n, _ in named):
+            tops = sorted({n.split(".")[0] for n, _ in named})
+            raise ValueError(f"optim.lr_mult names {prefix!r}, which holds no trainable parameter; "
+                             f"modules with parameters: {', '.join(tops)}")
+    buckets: Dict[tuple, List[torch.nn.Parameter]] = {}
+    for name, p in named:
+        mult = _lr_mult_of(name, lr_mult)
+        if mult == 0.0:
+            continue
+        no_decay = exclude_bias_and_norm and (p.ndim <= 1 or name.endswith(".bias"))
+        buckets.setdefault((mult, no_decay), []).append(p)
+    groups: List[Dict[str, Any]] = []
+    # Decayed weights at multiplier 1 first: the same group order (and LR-monitor names) as without multipliers.
+    for (mult, no_decay), params in sorted(buckets.items(), key=lambda kv: (kv[0][1], kv[0][0] != 1.0, kv[0][0])):
+        group: Dict[str, Any] = {"params": params, "weight_decay": 0.0 if no_decay else weight_decay, "lr_mult": mult}
+        if no_decay:
+            group["lars_adapt"] = False
+        groups.append(group)
+    if not groups:
+        raise ValueError("the optimiser has no parameters to train (all frozen by optim.lr_mult or requires_grad)")
     return groups
 
 
 def build_optimizer(model: nn.Module, cfg: Any, lr: Optional[float] = None) -> torch.optim.Optimizer:
-    """SGD, AdamW or LARS over ``model``'s trainable parameters, from an ``OptimConfig``."""
+    """SGD, AdamW or LARS over ``model``'s trainable parameters, from an ``OptimConfig``; every group's
+    learning rate is ``lr × its lr_mult`` (see :func:`param_groups`), so the schedule scales them alike."""
     lr = cfg.lr if lr is None else lr
-    groups = param_groups(model, cfg.weight_decay, cfg.exclude_bias_and_norm)
+    groups = param_groups(model, cfg.weight_decay, cfg.exclude_bias_and_norm, dict(getattr(cfg, "lr_mult", None) or {}))
+    for g in groups:
+        g["lr"] = lr * g["lr_mult"]
     name = cfg.name.lower()
     if name == "sgd":
         for g in groups:

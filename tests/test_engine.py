@@ -61,6 +61,47 @@ def test_build_optimizer(name, cls):
         build_optimizer(nn.Linear(3, 2), bad.optim)
 
 
+def _two_part_model() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.ModuleDict({"video_encoder": nn.Linear(3, 3), "audio_encoder": nn.Sequential(nn.Linear(3, 3), nn.Linear(3, 2))})
+
+
+def test_lr_mult_scales_and_freezes_modules_by_path(tmp_path):
+    model = _two_part_model()
+    assert dict(load_config(overrides=["optim.lr_mult.audio_encoder=0.1"]).optim.lr_mult) == {"audio_encoder": 0.1}
+    path = tmp_path / "c.yaml"
+    path.write_text("optim: {name: sgd, lr: 0.5, momentum: 0.0, weight_decay: 0.0,\n"
+                    "        lr_mult: {audio_encoder: 0.1, audio_encoder.1: 0}}\n")
+    cfg = load_config(str(path))
+    opt = build_optimizer(model, cfg.optim)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5)  # the schedule scales every group alike
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    model["audio_encoder"](model["video_encoder"](torch.randn(4, 3))).square().sum().backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters()}
+    opt.step()
+    mult = {"video_encoder": 1.0, "audio_encoder.0": 0.1, "audio_encoder.1": 0.0}
+    for n, p in model.named_parameters():
+        m = next(v for k, v in mult.items() if n.startswith(k + "."))
+        # step = lr × schedule factor × multiplier × gradient (plain SGD); multiplier 0: untouched
+        assert torch.allclose(p.detach(), before[n] - 0.5 * 0.5 * m * grads[n], atol=1e-6), n
+    frozen = {id(p) for p in model["audio_encoder"][1].parameters()}
+    assert not any(id(p) in frozen for g in opt.param_groups for p in g["params"])
+    assert sorted(g["lr"] for g in opt.param_groups) == pytest.approx([0.025, 0.025, 0.25, 0.25])
+    del sched
+
+
+def test_lr_mult_rejects_unknown_paths_and_negative_values():
+    model = _two_part_model()
+    with pytest.raises(ValueError, match=r"'audio_enc'.*audio_encoder, video_encoder"):
+        param_groups(model, 0.0, lr_mult={"audio_enc": 0.1})  # a prefix must end at a module boundary
+    with pytest.raises(ValueError, match=r"lr_mult\['video_encoder'\] must be a finite number >= 0"):
+        param_groups(model, 0.0, lr_mult={"video_encoder": -1.0})
+    # a nested mapping (what ``optim.lr_mult.audio_encoder.1=0`` on the command line gives) is a path
+    assert [len(g["params"]) for g in param_groups(model, 0.0, lr_mult={"audio_encoder": {"1": 0}})] == [2, 2]
+    with pytest.raises(ValueError, match="no parameters to train"):
+        param_groups(model, 0.0, lr_mult={"video_encoder": 0, "audio_encoder": 0})
+
+
 def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
     io = AtomicCheckpointIO()
     path = tmp_path / "last.ckpt"
