@@ -1,12 +1,13 @@
 """Audio-visual instance discrimination with memory banks, then Cross-Modal Agreement (AVID-CMA).
 
-A video encoder and an audio encoder, each followed by an MLP projection (512→512→128 in the recipe,
-no BatchNorm), embed every clip; one memory bank per modality keeps a momentum-averaged embedding per
-training instance. Stage 1 (AVID, :class:`avssl.losses.audiovisual.AVIDLoss`): each clip's video must
-pick its own audio-bank row among other instances' rows and vice versa. Stage 2 (CMA, from
-``cma_start_epoch``, :class:`avssl.losses.audiovisual.CMALoss`): in addition, each clip must pick, within
-its own modality, the bank rows of its positive set — the ``cma_k`` instances that agree with it in both
-the video and the audio bank — recomputed every ``cma_every_epochs`` epochs. No labels are used.
+A video encoder and an audio encoder, each followed by an MLP projection (512→512→128 in the recipe, no
+BatchNorm; ``proj_batch_norm`` / ``proj_last_bn`` add it), embed every clip; one memory bank per
+modality keeps a momentum-averaged embedding per training instance. Stage 1 (AVID,
+:class:`avssl.losses.audiovisual.AVIDLoss`): each clip's video must pick its own audio-bank row among
+other instances' rows and vice versa. Stage 2 (CMA, from ``cma_start_epoch``,
+:class:`avssl.losses.audiovisual.CMALoss`): in addition, each clip must pick, within its own modality,
+the bank rows of its positive set — the ``cma_k`` instances that agree with it in both the video and the
+audio bank — recomputed every ``cma_every_epochs`` epochs. No labels are used.
 
 The banks need N, the number of training instances: ``method.num_data``, or, when it is None, the
 length of the training set, read in :meth:`AvidCMA.setup` (Lightning calls ``setup`` before it restores
@@ -41,6 +42,9 @@ class AvidCMAConfig(BaseMethodConfig):
     name: str = "avid_cma"
     proj_hidden: int = 512
     proj_dim: int = 128
+    # BatchNorm in the projections: after the hidden Linear, and/or after the last one (off in the recipe).
+    proj_batch_norm: bool = False
+    proj_last_bn: bool = False
     # Number of training instances (rows of each bank); None: the training set's length at setup.
     num_data: Optional[int] = None
     variant: str = "cross"  # AVID stage: cross | self | joint (must be cross when CMA is used)
@@ -108,9 +112,12 @@ class AvidCMA(Method):
             raise ValueError(f"method.num_data must be >= 2 or None (the training set size), got {m.num_data}")
         self.video_encoder = self.make_encoder(cfg.model.video)
         self.audio_encoder = self.make_encoder(cfg.model.audio)
-        # No BatchNorm in the projections, as in the AVID-CMA recipe.
-        self.video_head = ProjectionHead(self.video_encoder.out_dim, m.proj_hidden, m.proj_dim, batch_norm=False)
-        self.audio_head = ProjectionHead(self.audio_encoder.out_dim, m.proj_hidden, m.proj_dim, batch_norm=False)
+        # No BatchNorm in the projections by default, as in the AVID-CMA recipe. Pooled post-ReLU features
+        # share a large offset that BN-free heads keep, so on small encoders proj_batch_norm can matter.
+        self.video_head = ProjectionHead(self.video_encoder.out_dim, m.proj_hidden, m.proj_dim,
+                                         batch_norm=m.proj_batch_norm, last_bn=m.proj_last_bn)
+        self.audio_head = ProjectionHead(self.audio_encoder.out_dim, m.proj_hidden, m.proj_dim,
+                                         batch_norm=m.proj_batch_norm, last_bn=m.proj_last_bn)
         self.criterion: Optional[nn.Module] = None
         if m.num_data is not None:
             self._build_criterion(int(m.num_data))
