@@ -138,33 +138,33 @@ def test_positive_sets_computed_at_start_epoch_checkpointed_and_restored(synth_c
 
 
 def _align_heads(batch_norm: bool, seed: int) -> float:
-    """Train two projection heads with Cross-AVID on fixed post-ReLU-like features (a large shared offset,
-    a class part, per-clip noise) -> fraction of video->audio nearest neighbours (other clip) of the same class."""
-    from avssl.models.heads import ProjectionHead
-
+    """Train avid_cma's two projection heads (``method.proj_batch_norm``) and its Cross-AVID loss on fixed
+    post-ReLU-like encoder features (a large shared offset, a class part, per-clip noise) -> fraction of
+    video->audio nearest neighbours (another clip) of the same class."""
+    torch.manual_seed(seed)
+    n, k = 96, 6
+    m = build_method("avid_cma", _cfg(num_data=n, proj_hidden=32, proj_dim=16, num_negatives=32,
+                                      proj_batch_norm=batch_norm)).train()
     g = torch.Generator().manual_seed(0)
-    n, k, d = 96, 6, 32
     labels = torch.arange(n) % k
 
-    def feats(cls):
+    def feats(d):
+        cls = torch.randn(k, d, generator=g)
         return (4.0 + 0.5 * cls[labels][:, None] + 0.5 * torch.randn(n, 4, d, generator=g)).relu()
 
-    fv, fa = feats(torch.randn(k, d, generator=g)), feats(torch.randn(k, d, generator=g))
-    torch.manual_seed(seed)
-    hv, ha = (ProjectionHead(d, 32, 16, batch_norm=batch_norm) for _ in range(2))
-    crit = AVIDLoss(n, 16, num_negatives=32, temperature=0.07, momentum=0.5, seed=seed)
-    opt = torch.optim.AdamW(list(hv.parameters()) + list(ha.parameters()), 2e-3)
+    fv, fa = feats(m.video_encoder.out_dim), feats(m.audio_encoder.out_dim)
+    opt = torch.optim.AdamW(list(m.video_head.parameters()) + list(m.audio_head.parameters()), 2e-3)
     for _ in range(15):
         perm = torch.randperm(n)
         for i in range(0, n, 16):
             idx, clip = perm[i:i + 16], torch.randint(4, (16,))
-            loss = crit(hv(fv[idx, clip]), ha(fa[idx, clip]), idx)
+            loss = m.criterion(m.video_head(fv[idx, clip]), m.audio_head(fa[idx, clip]), idx)
             opt.zero_grad()
             loss.backward()
             opt.step()
-    hv.eval(), ha.eval()
+    m.eval()
     with torch.no_grad():
-        s = F.normalize(hv(fv[:, 0]), dim=1) @ F.normalize(ha(fa[:, 1]), dim=1).t()
+        s = F.normalize(m.video_head(fv[:, 0]), dim=1) @ F.normalize(m.audio_head(fa[:, 1]), dim=1).t()
     return float((labels[s.argmax(1)] == labels).float().mean())
 
 
