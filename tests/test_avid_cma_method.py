@@ -61,6 +61,29 @@ def test_step_trains_both_encoders_and_momentum_updates_only_the_batch_rows():
     assert "criterion.video_bank.weight" in m.state_dict() and "criterion.audio_bank.weight" in m.state_dict()
 
 
+def test_freeze_audio_encoder_keeps_weights_and_batchnorm_statistics():
+    torch.manual_seed(0)
+    m = build_method("avid_cma", _cfg(num_data=16, freeze_audio_encoder=True)).train()
+    assert not m.audio_encoder.training and m.video_encoder.training and m.audio_head.training
+    before = {k: v.clone() for k, v in m.audio_encoder.state_dict().items()}
+    opt = torch.optim.SGD([p for p in m.parameters() if p.requires_grad], lr=0.5)
+    for _ in range(2):
+        loss = m.compute_loss(_batch())["loss"]
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    after = m.audio_encoder.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)  # running means/vars included
+    assert all(p.grad is None for p in m.audio_encoder.parameters())
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in m.audio_head.parameters())
+    # Without the key, lr_mult-style weight freezing alone lets train-mode BatchNorm refit its statistics.
+    m2 = build_method("avid_cma", _cfg(num_data=16)).train()
+    m2.audio_encoder.requires_grad_(False)
+    stats = {k: v.clone() for k, v in m2.audio_encoder.state_dict().items() if "running_mean" in k}
+    m2.compute_loss(_batch())
+    assert any(not torch.equal(stats[k], m2.audio_encoder.state_dict()[k]) for k in stats)
+
+
 def test_views_share_their_clip_bank_row_and_cma_starts_as_cross_avid():
     torch.manual_seed(0)
     m = build_method("avid_cma", _cfg(num_data=16, cma_start_epoch=0, cma_k=2, cma_num_positive_negatives=4)).train()

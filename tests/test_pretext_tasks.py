@@ -97,6 +97,39 @@ def test_temporal_order_learns_the_direction_of_motion():
     assert np.mean(accs[-20:]) > 0.8
 
 
+def test_vcop_learns_a_visible_clip_order():
+    # A bar sweeping left to right from a random start: each sub-clip's position tells its place, so
+    # sampler, labels and pairwise head must agree for the 6-way accuracy to leave chance (1/6).
+    torch.manual_seed(0)
+    task = build_pretext_task("vcop", 16, num_clips=3, clip_frames=2, gap=1, hidden=32)
+
+    class Tiny(nn.Module):  # a short clip -> where the bar is (column profile of a 1×1 conv)
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv3d(1, 2, 1)
+            self.fc = nn.Linear(2 * 16, 16)
+
+        def forward(self, v):
+            return self.fc(self.conv(v).mean((2, 3)).flatten(1))
+
+    enc = Tiny()
+    opt = torch.optim.Adam([*enc.parameters(), *task.parameters()], lr=0.01)
+    g = torch.Generator().manual_seed(0)
+    accs = []
+    for _ in range(150):
+        x = torch.zeros(32, 1, 8, 4, 16)
+        start = torch.randint(0, 8, (32,))
+        for t in range(8):
+            x[torch.arange(32), 0, t, :, start + t] = 1.0
+        out = task(enc, x, g)
+        opt.zero_grad()
+        out["loss"].backward()
+        opt.step()
+        accs.append(float(out["acc"]))
+    assert np.mean(accs[:10]) < 0.4
+    assert np.mean(accs[-20:]) > 0.9
+
+
 # -- spatial tasks ----------------------------------------------------------------------------------
 def test_permutation_set_size_uniqueness_and_distance():
     p = max_hamming_permutations(100, 9, seed=0)

@@ -45,6 +45,9 @@ class AvidCMAConfig(BaseMethodConfig):
     # BatchNorm in the projections: after the hidden Linear, and/or after the last one (off in the recipe).
     proj_batch_norm: bool = False
     proj_last_bn: bool = False
+    # Hold the audio net fixed, BatchNorm statistics included (optim.lr_mult.audio_encoder=0 freezes only
+    # the weights: in train mode BatchNorm still refits its statistics, which changes the features).
+    freeze_audio_encoder: bool = False
     # Number of training instances (rows of each bank); None: the training set's length at setup.
     num_data: Optional[int] = None
     variant: str = "cross"  # AVID stage: cross | self | joint (must be cross when CMA is used)
@@ -118,6 +121,9 @@ class AvidCMA(Method):
                                          batch_norm=m.proj_batch_norm, last_bn=m.proj_last_bn)
         self.audio_head = ProjectionHead(self.audio_encoder.out_dim, m.proj_hidden, m.proj_dim,
                                          batch_norm=m.proj_batch_norm, last_bn=m.proj_last_bn)
+        if m.freeze_audio_encoder:
+            self.audio_encoder.requires_grad_(False)
+            self.audio_encoder.eval()
         self.criterion: Optional[nn.Module] = None
         if m.num_data is not None:
             self._build_criterion(int(m.num_data))
@@ -127,6 +133,12 @@ class AvidCMA(Method):
         # Hash of the training set the bank rows index (0: unknown, e.g. banks never built against data).
         self.register_buffer("bank_fingerprint", torch.tensor(0, dtype=torch.long))
         self._register_load_state_dict_pre_hook(self._build_from_state)
+
+    def train(self, mode: bool = True) -> "AvidCMA":
+        super().train(mode)
+        if self.cfg.method.freeze_audio_encoder:
+            self.audio_encoder.eval()
+        return self
 
     # -- building --------------------------------------------------------------------------------
     @property
