@@ -81,15 +81,10 @@ class AudioClusters(Method):
             from avssl.methods.supervised import load_encoder_weights
 
             load_encoder_weights(self.audio_encoder, m.audio_checkpoint, "audio")
-        self.audio_encoder.requires_grad_(False).eval()
+        self.freeze("audio_encoder")  # fixed: BatchNorm statistics included
         self.classifier = nn.Sequential(nn.Dropout(m.dropout), nn.Linear(self.video_encoder.out_dim, m.num_clusters))
         self.register_buffer("pseudo_labels", torch.empty(0, dtype=torch.long))
         self.register_buffer("clustered_epoch", torch.tensor(-1))
-
-    def train(self, mode: bool = True) -> "AudioClusters":
-        super().train(mode)
-        self.audio_encoder.eval()  # fixed: BatchNorm statistics included
-        return self
 
     def load_state_dict(self, state_dict: Any, strict: bool = True, **kw: Any) -> Any:
         # The pseudo-labels' length is the training set's, known only once clustered.

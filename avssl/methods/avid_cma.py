@@ -122,8 +122,7 @@ class AvidCMA(Method):
         self.audio_head = ProjectionHead(self.audio_encoder.out_dim, m.proj_hidden, m.proj_dim,
                                          batch_norm=m.proj_batch_norm, last_bn=m.proj_last_bn)
         if m.freeze_audio_encoder:
-            self.audio_encoder.requires_grad_(False)
-            self.audio_encoder.eval()
+            self.freeze("audio_encoder")
         self.criterion: Optional[nn.Module] = None
         if m.num_data is not None:
             self._build_criterion(int(m.num_data))
@@ -133,12 +132,6 @@ class AvidCMA(Method):
         # Hash of the training set the bank rows index (0: unknown, e.g. banks never built against data).
         self.register_buffer("bank_fingerprint", torch.tensor(0, dtype=torch.long))
         self._register_load_state_dict_pre_hook(self._build_from_state)
-
-    def train(self, mode: bool = True) -> "AvidCMA":
-        super().train(mode)
-        if self.cfg.method.freeze_audio_encoder:
-            self.audio_encoder.eval()
-        return self
 
     # -- building --------------------------------------------------------------------------------
     @property

@@ -47,8 +47,24 @@ class Method(L.LightningModule):
         # Built here from the encoder configs (feature sizes read on the meta device), so every method
         # takes them without code of its own, and their heads are in the optimiser and the checkpoint.
         self.extra_objectives = build_extra_objectives(cfg)
+        self._frozen: Tuple[str, ...] = ()
 
     # -- building --------------------------------------------------------------------------------
+    def freeze(self, name: str) -> None:
+        """Hold the submodule ``name`` fixed: no gradients, and kept in eval mode by :meth:`train`, so its
+        BatchNorm statistics stay as they are too (a zero learning rate alone would let them refit)."""
+        module = getattr(self, name)
+        module.requires_grad_(False)
+        module.eval()
+        if name not in self._frozen:
+            self._frozen = (*self._frozen, name)
+
+    def train(self, mode: bool = True) -> "Method":
+        super().train(mode)
+        for name in getattr(self, "_frozen", ()):
+            getattr(self, name).eval()
+        return self
+
     @staticmethod
     def make_encoder(enc_cfg: Any) -> nn.Module:
         from avssl.models import build_encoder

@@ -45,14 +45,7 @@ class XModalNCE(Method):
         self.audio_head = ProjectionHead(self.audio_encoder.out_dim, m.proj_hidden, m.proj_dim)
         self.criterion = build_loss("xmodal_nce", temperature=m.temperature)
         if m.freeze_audio_encoder:
-            self.audio_encoder.requires_grad_(False)
-            self.audio_encoder.eval()
-
-    def train(self, mode: bool = True) -> "XModalNCE":
-        super().train(mode)
-        if self.cfg.method.freeze_audio_encoder:
-            self.audio_encoder.eval()  # frozen: BatchNorm keeps its statistics too
-        return self
+            self.freeze("audio_encoder")
 
     def embed(self, video: torch.Tensor, audio: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """video B×C×T×H×W, audio B×1×F×T' -> (B×proj_dim, B×proj_dim) projections."""
