@@ -353,6 +353,9 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--epochs", type=int, default=None, help="override the demo configs' trainer.max_epochs")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workers", type=int, default=None)
+    p.add_argument("--methods", nargs="+", default=None,
+                   help="self-supervised methods to train (configs/demo/<name>_tiny.yaml; default: avid_cma "
+                        "audio_clusters); the supervised upper bound always runs")
     p.add_argument("--image", action="store_true",
                    help="the image branch instead: simclr, byol, barlow_twins and swav on the digits set vs random init")
     p.add_argument("--image-set", default="digits", choices=["digits", "digits_colour", "digits_cluttered"],
@@ -367,8 +370,10 @@ def _run_demo(args: argparse.Namespace) -> int:
         run_image_demo(out=args.out, epochs=args.epochs, seed=args.seed, image_set=args.image_set)
         return 0
 
+    from avssl.demo import DEMO_METHODS
+
     run_demo(out=args.out, classes=args.classes, per_class=args.per_class, seconds=args.seconds, size=args.size,
-             epochs=args.epochs, seed=args.seed, workers=args.workers)
+             epochs=args.epochs, seed=args.seed, workers=args.workers, methods=tuple(args.methods or DEMO_METHODS))
     return 0
 
 

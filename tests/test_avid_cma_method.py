@@ -99,9 +99,23 @@ def test_config_errors_name_the_key():
         build_method("avid_cma", _cfg(variant="self", cma_start_epoch=1))
     with pytest.raises(ValueError, match="cma_every_epochs"):
         build_method("avid_cma", _cfg(cma_every_epochs=0))
+    with pytest.raises(ValueError, match="method.bank_dtype"):
+        build_method("avid_cma", _cfg(bank_dtype="float16"))
     m = build_method("avid_cma", _cfg())  # num_data None and no trainer: banks cannot be sized yet
     with pytest.raises(RuntimeError, match="method.num_data"):
         m.compute_loss(_batch())
+
+
+def test_bfloat16_banks_halve_the_memory_and_train():
+    m = build_method("avid_cma", _cfg(num_data=16, bank_dtype="bfloat16", cma_start_epoch=0, cma_k=2)).train()
+    for bank in (m.criterion.video_bank.weight, m.criterion.audio_bank.weight):
+        assert bank.dtype == torch.bfloat16 and bank.shape == (16, 8)
+    m.criterion.update_positives()
+    loss = m.compute_loss(_batch())["loss"]
+    assert loss.dtype == torch.float32 and torch.isfinite(loss)
+    loss.backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in m.video_encoder.parameters())
+    assert set(m.state_dict()) >= {"criterion.video_bank.weight", "criterion.audio_bank.weight"}
 
 
 class _Snapshot(L.Callback):

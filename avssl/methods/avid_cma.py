@@ -63,10 +63,16 @@ class AvidCMAConfig(BaseMethodConfig):
     xmodal_weight: float = 0.5
     wmodal_weight: float = 0.5
     cma_chunk_size: int = 4096
+    # Storage of the two banks: float32, or bfloat16 to halve their memory (AudioSet's 1.8M × 128 rows:
+    # 0.92 GB per bank in fp32, 0.46 GB in bf16); scores are always computed in fp32.
+    bank_dtype: str = "float32"
     # An avid_cma (or any audio-visual) checkpoint whose encoders (and heads, where they fit) start this
     # run; its memory banks are kept when they were built on this training set, else rebuilt.
     init_from: Optional[str] = None
     rebuild_batch_size: int = 32  # clips per batch when the banks are rebuilt from the encoders
+
+
+_BANK_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
 def dataset_fingerprint(dataset: Any) -> int:
@@ -111,6 +117,8 @@ class AvidCMA(Method):
                              "or cma_start_epoch=-1")
         if m.cma_every_epochs < 1:
             raise ValueError(f"method.cma_every_epochs must be >= 1, got {m.cma_every_epochs}")
+        if m.bank_dtype not in _BANK_DTYPES:
+            raise ValueError(f"method.bank_dtype must be one of {', '.join(_BANK_DTYPES)}, got {m.bank_dtype!r}")
         if m.num_data is not None and m.num_data < 2:
             raise ValueError(f"method.num_data must be >= 2 or None (the training set size), got {m.num_data}")
         self.video_encoder = self.make_encoder(cfg.model.video)
@@ -141,7 +149,8 @@ class AvidCMA(Method):
     def _build_criterion(self, num_data: int) -> None:
         m = self.cfg.method
         common = dict(num_data=num_data, dim=m.proj_dim, num_negatives=m.num_negatives, temperature=m.temperature,
-                      momentum=m.momentum, objective=m.objective, seed=int(self.cfg.seed))
+                      momentum=m.momentum, objective=m.objective, seed=int(self.cfg.seed),
+                      bank_dtype=_BANK_DTYPES[m.bank_dtype])
         if self.uses_cma:
             crit: nn.Module = CMALoss(num_positive_negatives=m.cma_num_positive_negatives, k=m.cma_k,
                                       agreement=m.cma_agreement, xmodal_weight=m.xmodal_weight,
