@@ -19,6 +19,15 @@ def _setup_logging(verbose: bool) -> None:
         datefmt="[%X]",
         handlers=[RichHandler(show_path=False, rich_tracebacks=False)],
     )
+    # lightning's package logger gets a console handler of its own when imported and also propagates
+    # to the root, so each trainer message would print twice: keep its own handler only.
+    logging.getLogger("lightning").propagate = False
+    # Advertisements for hosted services are not information about the run.
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_drop_tips)
+
+
+def _drop_tips(record: logging.LogRecord) -> bool:
+    return not str(record.msg).startswith("\N{ELECTRIC LIGHT BULB} Tip")
 
 
 # -- synth ---------------------------------------------------------------------------------------

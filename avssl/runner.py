@@ -3,9 +3,11 @@ from __future__ import annotations
 
 import logging
 import os
+import warnings
 from typing import Any, Dict, List, Optional, Sequence
 
 import lightning as L
+from lightning.pytorch.utilities.model_helpers import is_overridden
 from omegaconf import OmegaConf
 
 from avssl.config import build_config, to_dict
@@ -60,14 +62,19 @@ def fit(
     method = method_cls(cfg)
     # Extra objectives may read a modality the method itself does not (e.g. audio for a video method).
     extra = tuple(e.modality for e in getattr(method, "extra_objectives", {}).values())
-    dm = VideoDataModule(cfg, modalities=tuple(dict.fromkeys((*method.modalities, *extra))))
+    # A method without a validation step would only have its validation set decoded for nothing.
+    validates = is_overridden("validation_step", method)
+    dm = VideoDataModule(cfg, modalities=tuple(dict.fromkeys((*method.modalities, *extra))), validate=validates)
     trainer = build_trainer(cfg, monitor=method.monitor, mode=method.monitor_mode, callbacks=extra_callbacks,
                             **(trainer_overrides or {}))
     last = os.path.join(cfg.output_dir, "checkpoints", "last.ckpt")
     ckpt = last if resume and os.path.exists(last) else None
     if ckpt:
         log.info("resuming from %s", ckpt)
-    trainer.fit(method, datamodule=dm, ckpt_path=ckpt)
+    with warnings.catch_warnings():
+        if not validates:  # Lightning warns that the (empty) validation loader goes unused: we know.
+            warnings.filterwarnings("ignore", message="You passed in a `val_dataloader` but have no `validation_step`")
+        trainer.fit(method, datamodule=dm, ckpt_path=ckpt)
     return last
 
 

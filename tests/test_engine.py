@@ -118,3 +118,27 @@ def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
     monkeypatch.undo()
     assert torch.load(path)["a"].sum() == 2  # the previous checkpoint survived whole
     assert os.listdir(tmp_path) == ["last.ckpt"]  # and no temp file is left
+
+
+def test_cli_logging_prints_each_trainer_message_once_and_drops_adverts():
+    # lightning adds a console handler to its package logger at import; under the CLI's root handler
+    # every trainer line used to appear twice, once as "INFO: ..." and once through rich.
+    import subprocess
+    import sys
+
+    code = (
+        "from avssl.cli import _setup_logging\n"
+        "_setup_logging(False)\n"
+        "import lightning\n"
+        "from lightning.pytorch.utilities import rank_zero_info\n"
+        "rank_zero_info('GPU available: probe-line')\n"
+        "rank_zero_info('\\N{ELECTRIC LIGHT BULB} Tip: install something')\n"
+        "import logging; logging.getLogger('avssl').info('avssl-line')\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "COLUMNS": "200"})
+    text = out.stdout + out.stderr
+    assert out.returncode == 0, text
+    assert text.count("probe-line") == 1, text
+    assert text.count("avssl-line") == 1, text
+    assert "Tip" not in text, text

@@ -105,3 +105,24 @@ def test_load_method_restores_the_config_and_weights(synth_corpus, tmp_path):
     saved = _weights(last)
     assert m.state_dict().keys() == saved.keys()
     assert all(torch.equal(v, saved[k]) for k, v in m.state_dict().items())
+
+
+@pytest.mark.parametrize("method, validates", [("xmodal_nce", False), ("supervised", True)])
+def test_the_validation_set_is_built_only_for_a_method_that_validates(synth_corpus, tmp_path, method, validates):
+    import warnings
+
+    from lightning.pytorch.callbacks import Callback
+
+    seen = {}
+
+    class Probe(Callback):
+        def on_train_end(self, trainer, pl_module):
+            seen["val_set"] = trainer.datamodule.val_set
+
+    cfg = load_config(overrides=tiny_overrides(synth_corpus, tmp_path, method=method))
+    assert cfg.data.val_split == "val"  # the corpus has a val split either way
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        fit(cfg, extra_callbacks=[Probe()])
+    assert (seen["val_set"] is not None) == validates
+    assert not any("validation_step" in str(w.message) for w in caught)

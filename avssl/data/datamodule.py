@@ -143,12 +143,14 @@ def make_dataset(cfg: Any, part: str, train: bool, needs_audio: bool) -> Any:
 
 
 class VideoDataModule(L.LightningDataModule):
-    """Train and validation loaders for a method (``modalities`` says whether audio is decoded)."""
+    """Train and validation loaders for a method (``modalities`` says whether audio is decoded;
+    ``validate=False`` builds no validation set, for methods that have no validation step)."""
 
-    def __init__(self, cfg: Any, modalities: Sequence[str] = ("video",)) -> None:
+    def __init__(self, cfg: Any, modalities: Sequence[str] = ("video",), validate: bool = True) -> None:
         super().__init__()
         self.cfg = cfg
         self.needs_audio = "audio" in modalities
+        self.validate = validate
         self.train_set: Optional[VideoDataset] = None
         self.val_set: Optional[VideoDataset] = None
         self._train_sampler: Optional[DistributedSampler] = None
@@ -162,7 +164,7 @@ class VideoDataModule(L.LightningDataModule):
     def setup(self, stage: Optional[str] = None) -> None:
         if self.train_set is None:
             self.train_set = make_dataset(self.cfg, "train", train=True, needs_audio=self.needs_audio)
-        if self.val_set is None and (self.cfg.data.val or self.cfg.data.val_split):
+        if self.validate and self.val_set is None and (self.cfg.data.val or self.cfg.data.val_split):
             try:
                 self.val_set = make_dataset(self.cfg, "val", train=False, needs_audio=self.needs_audio)
             except ValueError:
