@@ -456,6 +456,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="avssl", description="Self-supervised learning of video and audio representations."
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of every error (user errors too)")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_synth(sub)
     _add_prep(sub)
@@ -472,12 +473,13 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     _setup_logging(args.verbose)
-    from avssl.config import ConfigError
-    from avssl.errors import NonFiniteLossError
+    from avssl.errors import UserError
 
     try:
         return int(args.func(args) or 0)
-    except (ConfigError, NonFiniteLossError) as e:
+    except UserError as e:
+        if args.debug:
+            raise
         log.error("%s", e)
         return 2
     except KeyboardInterrupt:

@@ -25,6 +25,7 @@ from avssl.data import sampling
 from avssl.data.decoding import DecodeError, probe, read_clip
 from avssl.data import manifest as _manifest
 from avssl.data.manifest import ManifestRow
+from avssl.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +84,7 @@ def _takes_generator(fn: Any) -> bool:
         return False
 
 
-class TooManyDecodeErrors(RuntimeError):
+class TooManyDecodeErrors(UserError, RuntimeError):
     """More samples failed to decode than the configured fraction allows."""
 
 

@@ -22,12 +22,14 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
+from avssl.errors import UserError
+
 log = logging.getLogger(__name__)
 
 VIDEO_BACKENDS = ("decord", "pyav")
 
 
-class DecodeError(RuntimeError):
+class DecodeError(UserError, RuntimeError):
     """A media file could not be read. ``path`` and ``reason`` are kept as attributes."""
 
     def __init__(self, path: str | os.PathLike, reason: str) -> None:

@@ -23,6 +23,7 @@ import re
 from dataclasses import asdict, dataclass, fields
 from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
+from avssl.errors import UserError
 from avssl.utils import atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -95,7 +96,7 @@ _TRUE = {"1", "true", "yes", "y", "t"}
 _FALSE = {"0", "false", "no", "n", "f"}
 
 
-class ManifestError(ValueError):
+class ManifestError(UserError, ValueError):
     """A manifest or annotation file is malformed; the message names the file and line."""
 
     def __init__(self, path: PathLike, line: Optional[int], reason: str) -> None:
