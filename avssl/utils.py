@@ -3,10 +3,28 @@ from __future__ import annotations
 
 import contextlib
 import os
-import tempfile
+import secrets
+import stat
 from typing import BinaryIO, Callable, Iterator, Union
 
 PathLike = Union[str, "os.PathLike[str]"]
+
+
+def _create_temp(folder: str, suffix: str) -> str:
+    """Create an empty, uniquely named file in ``folder`` and return its path.
+
+    Created with mode 0666 so that the kernel applies the umask exactly as it does for
+    ``open(path, "w")`` (``tempfile.mkstemp`` would give 0600 whatever the umask).
+    """
+    for _ in range(100):
+        tmp = os.path.join(folder, f".tmp-{secrets.token_hex(4)}{suffix}")
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        except FileExistsError:
+            continue
+        os.close(fd)
+        return tmp
+    raise FileExistsError(f"no free temporary name in {folder}")
 
 
 @contextlib.contextmanager
@@ -15,14 +33,22 @@ def atomic_path(path: PathLike) -> Iterator[str]:
 
     For writers that need a file name (e.g. a media muxer). A reader (or a crash) never sees a
     half-written file under the final name, and a failed write leaves the previous file as it was.
-    The temporary name keeps the extension, so format guessing still works.
+    The temporary name keeps the extension, so format guessing still works. The file ends up with the
+    mode ``open(path, "w")`` would give it: that of the file it replaces, else 0666 less the umask.
     """
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=os.path.basename(path), dir=folder)
-    os.close(fd)
     try:
+        tmp = _create_temp(folder, os.path.basename(path))
+    except OSError as e:
+        if e.errno is None:
+            raise
+        # Name the file the caller asked for, not the temporary one.
+        raise type(e)(e.errno, e.strerror, path) from None
+    try:
+        with contextlib.suppress(FileNotFoundError):
+            os.chmod(tmp, stat.S_IMODE(os.stat(path).st_mode))
         yield tmp
         os.replace(tmp, path)
     except BaseException:
