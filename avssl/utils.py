@@ -1,11 +1,15 @@
-"""Small shared helpers: atomic writes."""
+"""Small shared helpers: atomic writes, and the checks on folders a command writes to."""
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import secrets
 import stat
+import tempfile
 from typing import BinaryIO, Callable, Iterator, Union
+
+from avssl.errors import path_error
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -72,3 +76,31 @@ def atomic_write_bytes(path: PathLike, data: bytes) -> None:
 
 def atomic_write_text(path: PathLike, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def check_writable_dir(path: PathLike, what: str = "output folder") -> str:
+    """Check that folder ``path`` exists or can be created, and that files can be written in it.
+
+    Creates nothing: the nearest existing folder on the way to ``path`` gets a temporary probe file,
+    removed at once (a real file, not ``os.access``, which ignores read-only mounts and is fooled by
+    root's privileges). Returns ``path``. Raises :class:`~avssl.errors.PathError` naming ``what`` and
+    the path when it is a file, lies under a file, or is not writable (permissions, a read-only file
+    system, a full disk), so a command stops before its work rather than when it first saves something.
+    """
+    path = os.fspath(path)
+    probe = os.path.abspath(path)
+    while not os.path.lexists(probe) and os.path.dirname(probe) != probe:
+        probe = os.path.dirname(probe)
+    try:
+        if not os.path.isdir(probe):
+            code = errno.EEXIST if probe == os.path.abspath(path) else errno.ENOTDIR
+            raise OSError(code, os.strerror(code), path)
+        with tempfile.TemporaryFile(dir=probe):
+            pass
+    except OSError as e:
+        e.filename = path  # the probe file's name means nothing to the user
+        err = path_error(e, what)
+        if err is None:
+            raise
+        raise err from None
+    return path
