@@ -1,13 +1,94 @@
-"""The ``avssl`` command line: one entry point, one sub-command per job."""
+"""The ``avssl`` command line: one entry point, one sub-command per job.
+
+A user's mistake (a config, a path, a permission, the data, an option) prints one line
+``avssl: error: ...`` and exits with status 2; any other exception is a bug and keeps its traceback.
+``--debug`` shows the traceback of user errors too.
+"""
 from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
 import sys
-from typing import List, Optional
+from typing import Any, Callable, List, Optional
 
 log = logging.getLogger("avssl")
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (the usage is in ``--help``) and ``--debug`` accepted after any
+    sub-command as well as before it."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # SUPPRESS: a sub-command's parser leaves the flag alone unless it is given there.
+        self.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                          help="show the traceback of every error (user errors too)")
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+# -- option types: a bad value is a one-line usage error (exit 2), not a traceback later --------------
+def _int_at_least(low: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be >= {low}, got {value}")
+        return value
+
+    return parse
+
+
+def _float_in(low: float, high: float = float("inf"), low_open: bool = False, high_open: bool = False) -> Callable[[str], float]:
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        inside = (value > low if low_open else value >= low) and (value < high if high_open else value <= high)
+        if not inside or not math.isfinite(value):
+            span = f"{'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+            raise argparse.ArgumentTypeError(f"must be in {span}, got {text}")
+        return value
+
+    return parse
+
+
+_POSITIVE_INT = _int_at_least(1)
+_NON_NEGATIVE_INT = _int_at_least(0)
+_POSITIVE_FLOAT = _float_in(0.0, low_open=True)
+
+
+def _existing_file(text: str) -> str:
+    """An input file that must exist (a checkpoint, an annotation CSV)."""
+    if os.path.isdir(text):
+        raise argparse.ArgumentTypeError(f"{text} is a folder, not a file")
+    if not os.path.exists(text):
+        raise argparse.ArgumentTypeError(f"{text}: no such file")
+    return text
+
+
+def _existing_dir(text: str) -> str:
+    """An input folder that must exist."""
+    if not os.path.isdir(text):
+        raise argparse.ArgumentTypeError(f"{text}: no such folder")
+    return text
+
+
+def _output_file(path: str, what: str) -> str:
+    """Check that ``path`` can be written as a file: not a folder, and its folder writable or creatable."""
+    from avssl.errors import PathError
+    from avssl.utils import check_writable_dir
+
+    if os.path.isdir(path):
+        raise PathError(f"{what} {path}: a folder, not a file; give a file path")
+    check_writable_dir(os.path.dirname(os.path.abspath(path)), f"{what}'s folder")
+    return path
 
 
 def _setup_logging(verbose: bool) -> None:
@@ -34,24 +115,27 @@ def _drop_tips(record: logging.LogRecord) -> bool:
 def _add_synth(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("synth", help="write the synthetic audio-visual corpus (folder-per-class mp4 + CSV + splits)")
     p.add_argument("out_dir")
-    p.add_argument("--classes", type=int, default=10)
-    p.add_argument("--per-class", type=int, default=40)
-    p.add_argument("--seconds", type=float, default=4.0)
-    p.add_argument("--size", type=int, default=128)
-    p.add_argument("--fps", type=int, default=25)
-    p.add_argument("--audio-rate", type=int, default=16000)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--val-fraction", type=float, default=0.25)
-    p.add_argument("--no-audio-fraction", type=float, default=0.0, help="fraction of videos written without sound")
+    p.add_argument("--classes", type=_POSITIVE_INT, default=10)
+    p.add_argument("--per-class", type=_POSITIVE_INT, default=40)
+    p.add_argument("--seconds", type=_POSITIVE_FLOAT, default=4.0)
+    p.add_argument("--size", type=_int_at_least(16), default=128)
+    p.add_argument("--fps", type=_POSITIVE_INT, default=25)
+    p.add_argument("--audio-rate", type=_POSITIVE_INT, default=16000)
+    p.add_argument("--seed", type=_NON_NEGATIVE_INT, default=0)
+    p.add_argument("--val-fraction", type=_float_in(0.0, 1.0, high_open=True), default=0.25)
+    p.add_argument("--no-audio-fraction", type=_float_in(0.0, 1.0), default=0.0,
+                   help="fraction of videos written without sound")
     p.add_argument("--nuisance", choices=["full", "low"], default="full",
                    help="low: flat/gradient backgrounds and at most one distractor")
-    p.add_argument("--workers", type=int, default=None)
+    p.add_argument("--workers", type=_NON_NEGATIVE_INT, default=None)
     p.set_defaults(func=_run_synth)
 
 
 def _run_synth(args: argparse.Namespace) -> int:
     from avssl.data.synthetic import synthesize
+    from avssl.utils import check_writable_dir
 
+    check_writable_dir(args.out_dir, "OUT_DIR")
     summary = synthesize(
         args.out_dir,
         classes=args.classes,
@@ -81,12 +165,13 @@ def _add_prep(sub: argparse._SubParsersAction) -> None:
     p.add_argument("out", nargs="?", help="output folder (not inside SRC)")
     p.add_argument("--check", action="store_true", help="only probe SRC and report; write nothing")
     p.add_argument("--report", default=None, help="with --check: also write the report JSON here")
-    p.add_argument("--short-side", type=int, default=256)
-    p.add_argument("--fps", type=float, default=None, help="re-time to this frame rate (default: keep)")
-    p.add_argument("--audio-rate", type=int, default=16000)
+    p.add_argument("--short-side", type=_int_at_least(2), default=256)
+    p.add_argument("--fps", type=_POSITIVE_FLOAT, default=None, help="re-time to this frame rate (default: keep)")
+    p.add_argument("--audio-rate", type=_POSITIVE_INT, default=16000)
     p.add_argument("--audio-format", choices=["wav", "flac", "none"], default="wav")
-    p.add_argument("--csv", default=None, help="Kinetics annotation CSV (label,youtube_id,time_start,time_end,split)")
-    p.add_argument("--workers", type=int, default=None)
+    p.add_argument("--csv", type=_existing_file, default=None,
+                   help="Kinetics annotation CSV (label,youtube_id,time_start,time_end,split)")
+    p.add_argument("--workers", type=_NON_NEGATIVE_INT, default=None)
     p.add_argument("--no-reencode", action="store_true", help="probe and index only; keep the source files as they are")
     p.add_argument("--audio-stats", action="store_true", help="compute per-frequency log-mel mean/std (audio_stats.json)")
     p.set_defaults(func=_run_prep)
@@ -99,7 +184,9 @@ def _run_prep(args: argparse.Namespace) -> int:
         report = prepare(args.src, None, check_only=True, workers=args.workers, report_path=args.report)
     else:
         if not args.out:
-            raise SystemExit("avssl prep: OUT_DIR is required unless --check is given")
+            from avssl.errors import UserError
+
+            raise UserError("avssl prep: OUT_DIR is required unless --check is given")
         report = prepare(
             args.src,
             args.out,
@@ -127,7 +214,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     f = sub.add_parser("finetune", help="fine-tune a pretrained encoder with a classifier (supervised)")
     f.add_argument("config")
     f.add_argument("overrides", nargs="*")
-    f.add_argument("--checkpoint", required=True, help="pretraining checkpoint whose encoder initialises the model")
+    f.add_argument("--checkpoint", required=True, type=_existing_file,
+                   help="pretraining checkpoint whose encoder initialises the model")
     f.add_argument("--no-resume", action="store_true")
     f.set_defaults(func=_run_finetune)
 
@@ -137,18 +225,28 @@ def _run_pretrain(args: argparse.Namespace) -> int:
     from avssl.runner import fit
 
     cfg = load_config(args.config, args.overrides)
+    _writable_output_dir(cfg)
     last = fit(cfg, resume=not args.no_resume)
     log.info("checkpoint: %s", last)
     return 0
 
 
+def _writable_output_dir(cfg: Any) -> None:
+    from avssl.utils import check_writable_dir
+
+    check_writable_dir(cfg.output_dir, "output_dir")
+
+
 def _run_finetune(args: argparse.Namespace) -> int:
-    from avssl.config import load_config
+    from avssl.config import ConfigError, load_config
     from avssl.runner import fit
 
+    # The method is checked first: only the supervised one has the init_checkpoint key.
+    method = load_config(args.config, args.overrides).method.name
+    if method != "supervised":
+        raise ConfigError(f"avssl finetune: the config's method must be 'supervised', not {method!r}")
     cfg = load_config(args.config, [*args.overrides, f"method.init_checkpoint={args.checkpoint}"])
-    if cfg.method.name != "supervised":
-        raise SystemExit(f"avssl finetune: the config's method must be 'supervised', not {cfg.method.name!r}")
+    _writable_output_dir(cfg)
     last = fit(cfg, resume=not args.no_resume)
     log.info("checkpoint: %s", last)
     return 0
@@ -156,45 +254,47 @@ def _run_finetune(args: argparse.Namespace) -> int:
 
 # -- bench ---------------------------------------------------------------------------------------
 def _add_bench(sub: argparse._SubParsersAction) -> None:
+    from avssl.bench.models import MODELS
+
     p = sub.add_parser("bench", help="benchmarks, each measured side by side with a reference in the same run")
     bsub = p.add_subparsers(dest="bench", required=True, metavar="{data,prep,models,cma,losses}")
 
     d = bsub.add_parser("data", help="clips/s of decode+augment: avssl vs pytorchvideo's LabeledVideoDataset")
-    d.add_argument("--corpus", default=None, help="a corpus folder (default: generate one)")
-    d.add_argument("--videos", type=int, default=24)
-    d.add_argument("--clips", type=int, default=48, help="clips timed per setting")
-    d.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2])
+    d.add_argument("--corpus", type=_existing_dir, default=None, help="a corpus folder (default: generate one)")
+    d.add_argument("--videos", type=_POSITIVE_INT, default=24)
+    d.add_argument("--clips", type=_POSITIVE_INT, default=48, help="clips timed per setting")
+    d.add_argument("--workers", type=_NON_NEGATIVE_INT, nargs="+", default=[0, 1, 2])
     d.add_argument("--out", default=None, help="write the rows as JSON here")
     d.set_defaults(func=_run_bench_data)
 
     pr = bsub.add_parser("prep", help="videos/s of avssl prep vs one ffmpeg process per file")
-    pr.add_argument("--videos", type=int, default=24)
-    pr.add_argument("--seconds", type=float, default=4.0)
-    pr.add_argument("--size", type=int, default=256)
-    pr.add_argument("--short-side", type=int, default=128)
-    pr.add_argument("--workers", type=int, default=None)
+    pr.add_argument("--videos", type=_POSITIVE_INT, default=24)
+    pr.add_argument("--seconds", type=_POSITIVE_FLOAT, default=4.0)
+    pr.add_argument("--size", type=_int_at_least(16), default=256)
+    pr.add_argument("--short-side", type=_int_at_least(2), default=128)
+    pr.add_argument("--workers", type=_NON_NEGATIVE_INT, default=None)
     pr.add_argument("--out", default=None)
     pr.set_defaults(func=_run_bench_prep)
 
     m = bsub.add_parser("models", help="forward+backward time and memory: avssl vs torchvision/pytorchvideo builds")
-    m.add_argument("--names", nargs="+", default=None)
+    m.add_argument("--names", nargs="+", default=None, choices=list(MODELS))
     m.add_argument("--device", default="cuda" if _cuda() else "cpu")
-    m.add_argument("--batch", type=int, default=1)
-    m.add_argument("--frames", type=int, default=8)
-    m.add_argument("--size", type=int, default=112)
-    m.add_argument("--repeats", type=int, default=3)
+    m.add_argument("--batch", type=_POSITIVE_INT, default=1)
+    m.add_argument("--frames", type=_POSITIVE_INT, default=8)
+    m.add_argument("--size", type=_POSITIVE_INT, default=112)
+    m.add_argument("--repeats", type=_POSITIVE_INT, default=3)
     m.add_argument("--variants", nargs="+", default=None,
                    help="e.g. fp32 bf16 bf16+cl3d bf16+cl3d+compile (default: fp32 on CPU, all four on CUDA)")
     m.add_argument("--out", default=None)
     m.set_defaults(func=_run_bench_models)
 
     c = bsub.add_parser("cma", help="CMA positive-set search: chunked vs the naive full N×N similarity matrices")
-    c.add_argument("--sizes", type=int, nargs="+", default=[10000, 100000, 240000])
-    c.add_argument("--dim", type=int, default=128)
-    c.add_argument("--k", type=int, default=32)
-    c.add_argument("--chunk-size", type=int, default=4096)
-    c.add_argument("--agreement", default="min")
-    c.add_argument("--naive-max-n", type=int, default=20000)
+    c.add_argument("--sizes", type=_int_at_least(2), nargs="+", default=[10000, 100000, 240000])
+    c.add_argument("--dim", type=_POSITIVE_INT, default=128)
+    c.add_argument("--k", type=_POSITIVE_INT, default=32)
+    c.add_argument("--chunk-size", type=_POSITIVE_INT, default=4096)
+    c.add_argument("--agreement", default="min", choices=["min", "max", "video", "audio"])
+    c.add_argument("--naive-max-n", type=_NON_NEGATIVE_INT, default=20000)
     c.add_argument("--device", default=None)
     c.add_argument("--out", default=None, help="write the rows as JSON here")
     c.set_defaults(func=_run_bench_cma)
@@ -216,6 +316,8 @@ def _cuda() -> bool:
 
 
 def _run_bench_data(args: argparse.Namespace) -> int:
+    if args.out:
+        _output_file(args.out, "--out")
     from avssl.bench.data import run
 
     run(corpus=args.corpus, n_videos=args.videos, n_clips=args.clips, workers=args.workers, out=args.out)
@@ -223,6 +325,8 @@ def _run_bench_data(args: argparse.Namespace) -> int:
 
 
 def _run_bench_prep(args: argparse.Namespace) -> int:
+    if args.out:
+        _output_file(args.out, "--out")
     from avssl.bench.prep import run
 
     run(
@@ -237,6 +341,8 @@ def _run_bench_prep(args: argparse.Namespace) -> int:
 
 
 def _run_bench_cma(args: argparse.Namespace) -> int:
+    if args.out:
+        _output_file(args.out, "--out")
     from avssl.bench.cma import main
 
     argv = ["--sizes", *map(str, args.sizes), "--dim", str(args.dim), "--k", str(args.k), "--chunk-size",
@@ -257,6 +363,8 @@ def _run_bench_losses(args: argparse.Namespace) -> int:
 
 
 def _run_bench_models(args: argparse.Namespace) -> int:
+    if args.out:
+        _output_file(args.out, "--out")
     from avssl.bench.models import run
 
     run(
@@ -277,7 +385,8 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("eval", help="evaluate an encoder: linear probe / kNN on frozen features, or fine-tuning")
     p.add_argument("config", help="config naming the evaluation data (data.train / data.val) and eval settings")
     p.add_argument("overrides", nargs="*")
-    p.add_argument("--checkpoint", default=None, help="trained checkpoint (omit for a randomly initialised encoder)")
+    p.add_argument("--checkpoint", type=_existing_file, default=None,
+                   help="trained checkpoint (omit for a randomly initialised encoder)")
     p.add_argument("--protocol", action="append", choices=["linear", "knn", "folds", "finetune", "retrieval"],
                    help="repeatable; default: the config's eval.protocols")
     p.add_argument("--modality", choices=["video", "audio", "image"], default=None)
@@ -288,7 +397,7 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     x = sub.add_parser("extract", help="write the embeddings of a corpus to a .pt file")
     x.add_argument("config")
     x.add_argument("overrides", nargs="*")
-    x.add_argument("--checkpoint", default=None)
+    x.add_argument("--checkpoint", type=_existing_file, default=None)
     x.add_argument("--part", choices=["train", "val"], default="train", help="which part of the config's data")
     x.add_argument("--modality", choices=["video", "audio", "image"], default="video")
     x.add_argument("--stages", nargs="*", default=None, help="also per-stage pooled maps, e.g. res3 res4 res5")
@@ -299,11 +408,13 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
 def _run_eval(args: argparse.Namespace) -> int:
     from avssl.config import load_config
     from avssl.eval.report import print_results_table, write_results_json
+    from avssl.errors import UserError
     from avssl.runner import evaluate
+    from avssl.utils import check_writable_dir
 
     cfg = load_config(args.config, args.overrides)
     protocols = args.protocol or list(cfg.eval.protocols)
-    out = args.out or os.path.join(cfg.output_dir, "eval")
+    out = check_writable_dir(args.out or os.path.join(cfg.output_dir, "eval"), "--out" if args.out else "output_dir/eval")
     rows = []
     frozen = [p for p in protocols if p not in ("finetune", "retrieval")]
     if frozen:
@@ -316,7 +427,7 @@ def _run_eval(args: argparse.Namespace) -> int:
         from avssl.eval.retrieval import retrieval_evaluate
 
         if not args.checkpoint:
-            raise SystemExit("--protocol retrieval needs --checkpoint of an audio-visual method")
+            raise UserError("--protocol retrieval needs --checkpoint of an audio-visual method")
         r = retrieval_evaluate(cfg, args.checkpoint)
         print_results_table([{"protocol": "retrieval", **r}], title=f"video↔audio retrieval on held-out videos: {args.checkpoint}")
         rows.append({"protocol": "retrieval", **r})
@@ -340,6 +451,7 @@ def _run_extract(args: argparse.Namespace) -> int:
     from avssl.runner import encoder_from
 
     cfg = load_config(args.config, args.overrides)
+    _output_file(args.output, "--output")
     encoder = encoder_from(cfg, args.checkpoint, args.modality)
     ds = make_dataset(cfg, args.part, train=False, needs_audio=args.modality == "audio")
     loader = DataLoader(ds, batch_size=cfg.data.batch_size, num_workers=cfg.data.num_workers)
@@ -355,13 +467,13 @@ def _run_extract(args: argparse.Namespace) -> int:
 def _add_demo(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="synthetic corpus -> prep -> pretrain -> evaluate; prints the result table")
     p.add_argument("--out", default="demo_out")
-    p.add_argument("--classes", type=int, default=10)
-    p.add_argument("--per-class", type=int, default=24)
-    p.add_argument("--seconds", type=float, default=4.0)
-    p.add_argument("--size", type=int, default=128)
-    p.add_argument("--epochs", type=int, default=None, help="override the demo configs' trainer.max_epochs")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--workers", type=int, default=None)
+    p.add_argument("--classes", type=_POSITIVE_INT, default=10)
+    p.add_argument("--per-class", type=_int_at_least(2), default=24)
+    p.add_argument("--seconds", type=_POSITIVE_FLOAT, default=4.0)
+    p.add_argument("--size", type=_int_at_least(16), default=128)
+    p.add_argument("--epochs", type=_POSITIVE_INT, default=None, help="override the demo configs' trainer.max_epochs")
+    p.add_argument("--seed", type=_NON_NEGATIVE_INT, default=0)
+    p.add_argument("--workers", type=_NON_NEGATIVE_INT, default=None)
     p.add_argument("--methods", nargs="+", default=None,
                    help="self-supervised methods to train (configs/demo/<name>_tiny.yaml; default: avid_cma "
                         "audio_clusters); the supervised upper bound always runs")
@@ -374,7 +486,9 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
 
 def _run_demo(args: argparse.Namespace) -> int:
     from avssl.demo import run_demo, run_image_demo
+    from avssl.utils import check_writable_dir
 
+    check_writable_dir(args.out, "--out")
     if args.image:
         run_image_demo(out=args.out, epochs=args.epochs, seed=args.seed, image_set=args.image_set)
         return 0
@@ -392,23 +506,27 @@ def _add_compare(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("compare", help="every method on the synthetic corpus, same encoder and budget: one table")
     p.add_argument("--out", default="compare_out")
-    p.add_argument("--methods", nargs="+", default=None, metavar="NAME",
+    p.add_argument("--methods", nargs="+", default=None, metavar="NAME", choices=entry_names(),
                    help=f"a subset of: {', '.join(entry_names())} (default: all)")
-    p.add_argument("--seeds", type=int, nargs="+", default=[0])
-    p.add_argument("--epochs", type=int, default=12)
-    p.add_argument("--classes", type=int, default=10)
-    p.add_argument("--per-class", type=int, default=24)
-    p.add_argument("--seconds", type=float, default=4.0)
+    p.add_argument("--seeds", type=_NON_NEGATIVE_INT, nargs="+", default=[0])
+    p.add_argument("--epochs", type=_POSITIVE_INT, default=12)
+    p.add_argument("--classes", type=_POSITIVE_INT, default=10)
+    p.add_argument("--per-class", type=_int_at_least(2), default=24)
+    p.add_argument("--seconds", type=_POSITIVE_FLOAT, default=4.0)
     p.add_argument("--layerwise", default="temporal_order",
                    help="the entry whose res2..res5 stages get a layer-wise linear probe ('' for none)")
     p.add_argument("--page", default=None, help="also write the Markdown page here (e.g. docs/comparison.md)")
-    p.add_argument("--workers", type=int, default=None)
+    p.add_argument("--workers", type=_NON_NEGATIVE_INT, default=None)
     p.set_defaults(func=_run_compare)
 
 
 def _run_compare(args: argparse.Namespace) -> int:
     from avssl.compare import run_compare
+    from avssl.utils import check_writable_dir
 
+    check_writable_dir(args.out, "--out")
+    if args.page:
+        _output_file(args.page, "--page")
     command = "avssl compare " + " ".join(sys.argv[2:]) if len(sys.argv) > 2 else "avssl compare"
     run_compare(out=args.out, methods=args.methods, seeds=args.seeds, epochs=args.epochs, classes=args.classes,
                 per_class=args.per_class, seconds=args.seconds, layerwise=args.layerwise or None, page=args.page, workers=args.workers,
@@ -421,9 +539,10 @@ def _add_cma_figure(sub: argparse._SubParsersAction) -> None:
                                           "video only and by audio only (from an avid_cma checkpoint)")
     p.add_argument("config", help="the training config (its data.train lists the videos the banks index)")
     p.add_argument("overrides", nargs="*")
-    p.add_argument("--checkpoint", required=True)
-    p.add_argument("--refs", type=int, nargs="+", default=[0, 1, 2, 3], help="training-set indices of the references")
-    p.add_argument("--k", type=int, default=5)
+    p.add_argument("--checkpoint", required=True, type=_existing_file)
+    p.add_argument("--refs", type=_NON_NEGATIVE_INT, nargs="+", default=[0, 1, 2, 3],
+                   help="training-set indices of the references")
+    p.add_argument("--k", type=_POSITIVE_INT, default=5)
     p.add_argument("--out", default="cma_positives.png")
     p.set_defaults(func=_run_cma_figure)
 
@@ -433,6 +552,7 @@ def _run_cma_figure(args: argparse.Namespace) -> int:
     from avssl.runner import cma_figure
 
     cfg = load_config(args.config, args.overrides)
+    _output_file(args.out, "--out")
     cma_figure(cfg, args.checkpoint, args.refs, args.out, k=args.k)
     log.info("wrote %s", args.out)
     return 0
@@ -452,11 +572,8 @@ def _print_mapping(title: str, mapping: dict) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="avssl", description="Self-supervised learning of video and audio representations."
-    )
+    parser = _Parser(prog="avssl", description="Self-supervised learning of video and audio representations.")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    parser.add_argument("--debug", action="store_true", help="show the traceback of every error (user errors too)")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_synth(sub)
     _add_prep(sub)
@@ -469,22 +586,44 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _user_error(e: BaseException) -> Optional[Exception]:
+    """The user's mistake ``e`` stands for, or None for a bug: a :class:`~avssl.errors.UserError`, or an
+    OS error on a user's path (see :func:`avssl.errors.path_error`)."""
+    from avssl.errors import UserError, path_error
+
+    if isinstance(e, UserError):
+        return e
+    if isinstance(e, OSError):
+        return path_error(e)
+    return None
+
+
+def _one_line(message: str) -> str:
+    """A user error's message as one line. One re-raised from a DataLoader worker carries the worker's
+    traceback: its last line holds the original message."""
+    lines = [ln.strip() for ln in message.splitlines() if ln.strip()]
+    if "Original Traceback" in message and lines:
+        last = lines[-1]
+        return last.split(": ", 1)[1] if ": " in last else last
+    return " ".join(lines)
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     _setup_logging(args.verbose)
-    from avssl.errors import UserError
-
     try:
         return int(args.func(args) or 0)
-    except UserError as e:
-        if args.debug:
-            raise
-        log.error("%s", e)
-        return 2
     except KeyboardInterrupt:
         log.error("interrupted")
         return 130
+    except Exception as e:
+        err = _user_error(e)
+        if err is None or getattr(args, "debug", False):
+            raise
+        # Printed, not logged: a log handler would wrap a long message over several lines.
+        print(f"avssl: error: {_one_line(str(err))}", file=sys.stderr, flush=True)
+        return 2
 
 
 if __name__ == "__main__":

@@ -11,16 +11,25 @@ Loading::
 An unknown or mistyped key is a :class:`ConfigError` that names the key and the nearest valid ones;
 ``key=value`` overrides go through the same check. A config may start from another with
 ``defaults: [other.yaml]`` (paths relative to the file), later files and overrides winning.
+
+Values are then checked against :data:`CHECKS` (ranges and allowed names, in one table; a method's
+``Config`` may add its own in a ``checks`` class attribute) and a few rules between keys, so a negative
+batch size or an unknown precision stops the command with one line naming the key, not deep inside a run.
+
+YAML is read by OmegaConf's loader, a subclass of PyYAML's ``SafeLoader``: it builds plain values only,
+so a ``!!python/...`` tag is refused (a :class:`ConfigError`), never executed.
 """
 from __future__ import annotations
 
 import difflib
+import math
 import os
 from dataclasses import dataclass, field, fields, is_dataclass
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
+import yaml
 from omegaconf import DictConfig, ListConfig, OmegaConf
-from omegaconf.errors import ConfigAttributeError, ConfigKeyError, ValidationError
+from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException, ValidationError
 
 from avssl.errors import UserError
 
@@ -156,6 +165,225 @@ class Config:
     num_classes: Optional[int] = None  # supervised / fine-tuning heads; read from the data when unset
 
 
+# -- value checks ---------------------------------------------------------------------------------
+Choices = Union[Sequence[Any], Callable[[], Iterable[Any]]]
+
+
+@dataclass(frozen=True)
+class Check:
+    """What one config value must be. Bounds apply to numbers, ``choices`` to names (a function is
+    called when checking, for registries); ``each`` checks every item of a list. A ``None`` value (an
+    unset optional key) passes. ``hint`` says what the key means, in the error."""
+
+    ge: Optional[float] = None
+    gt: Optional[float] = None
+    le: Optional[float] = None
+    choices: Optional[Choices] = None
+    each: bool = False
+    hint: str = ""
+
+    def problem(self, value: Any) -> Optional[str]:
+        """None when ``value`` passes, else what it must be."""
+        if value is None:
+            return None
+        if self.each:
+            items = list(value) if isinstance(value, (list, tuple, ListConfig)) else [value]
+            bad = [v for v in items if Check(self.ge, self.gt, self.le, self.choices).problem(v)]
+            return self._rule(each=True) if bad else None
+        if self.choices is not None:
+            allowed = [str(c) for c in (self.choices() if callable(self.choices) else self.choices)]
+            if str(value) not in allowed:
+                return self._rule()
+        if any(b is not None for b in (self.ge, self.gt, self.le)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                return self._rule()
+            if (self.ge is not None and value < self.ge) or (self.gt is not None and value <= self.gt) or (
+                self.le is not None and value > self.le
+            ):
+                return self._rule()
+        return None
+
+    def _rule(self, each: bool = False) -> str:
+        parts = []
+        if self.choices is not None:
+            allowed = list(self.choices() if callable(self.choices) else self.choices)
+            parts.append("one of " + ", ".join(str(c) for c in allowed))
+        if self.ge is not None and self.le is not None:
+            parts.append(f"in [{_num(self.ge)}, {_num(self.le)}]")
+        else:
+            parts += [f"{op} {_num(b)}" for op, b in ((">=", self.ge), (">", self.gt), ("<=", self.le)) if b is not None]
+        rule = ("each item " if each else "") + "must be " + " and ".join(parts)
+        return rule + (f": {self.hint}" if self.hint else "")
+
+
+def _num(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() else str(x)
+
+
+def _encoders() -> List[str]:
+    from avssl.models import available_encoders
+
+    return available_encoders()
+
+
+def _video_backends() -> Sequence[str]:
+    from avssl.data.decoding import VIDEO_BACKENDS
+
+    return VIDEO_BACKENDS
+
+
+def _aggregations() -> Sequence[str]:
+    from avssl.eval.metrics import AGGREGATION_MODES
+
+    return AGGREGATION_MODES
+
+
+def _accelerators() -> List[str]:
+    from lightning.pytorch.accelerators import AcceleratorRegistry
+
+    return ["auto", "gpu", *AcceleratorRegistry.available_accelerators()]
+
+
+def _strategies() -> List[str]:
+    from lightning.pytorch.strategies import StrategyRegistry
+
+    return ["auto", *StrategyRegistry.available_strategies()]
+
+
+def _precisions() -> List[str]:
+    from typing import get_args
+
+    from lightning.fabric.plugins.precision.precision import _PRECISION_INPUT_STR, _PRECISION_INPUT_STR_ALIAS
+
+    return [*get_args(_PRECISION_INPUT_STR), *get_args(_PRECISION_INPUT_STR_ALIAS)]
+
+
+POSITIVE = Check(gt=0)
+AT_LEAST_1 = Check(ge=1)
+NON_NEGATIVE = Check(ge=0)
+FRACTION = Check(ge=0, le=1)
+
+#: Dotted key -> what its value must be (types are checked by the schema itself).
+CHECKS: Dict[str, Check] = {
+    "seed": Check(ge=0),
+    "num_classes": AT_LEAST_1,
+    "model.video.name": Check(choices=_encoders),
+    "model.audio.name": Check(choices=_encoders),
+    "model.image.name": Check(choices=_encoders),
+    "data.kind": Check(choices=("video", "image")),
+    "data.num_frames": Check(ge=1, hint="frames per clip"),
+    "data.fps": Check(gt=0, hint="frames per second sampled; a clip lasts num_frames / fps seconds"),
+    "data.crop_size": Check(ge=1, hint="side of the square crop, in pixels"),
+    "data.min_short_side": AT_LEAST_1,
+    "data.max_short_side": AT_LEAST_1,
+    "data.audio_rate": Check(ge=1, hint="audio samples per second"),
+    "data.audio_seconds": POSITIVE,
+    "data.audio_features": Check(choices=("logmel", "logstft")),
+    "data.max_av_offset": NON_NEGATIVE,
+    "data.views": Check(ge=1, hint="training clips per video"),
+    "data.test_clips": AT_LEAST_1,
+    "data.test_crops": Check(choices=(1, 3), hint="centre crop or three crops"),
+    "data.batch_size": Check(ge=1, hint="clips per device"),
+    "data.num_workers": Check(ge=0, hint="loader processes; 0 loads in the main process"),
+    "data.max_failure_fraction": Check(ge=0, le=1, hint="the share of unreadable samples tolerated"),
+    "data.backend": Check(choices=_video_backends),
+    "data.image_size": AT_LEAST_1,
+    "data.frames_per_video": AT_LEAST_1,
+    "data.image_copies": AT_LEAST_1,
+    "optim.name": Check(choices=("sgd", "adamw", "lars")),
+    "optim.lr": NON_NEGATIVE,
+    "optim.base_batch_size": AT_LEAST_1,
+    "optim.momentum": FRACTION,
+    "optim.weight_decay": NON_NEGATIVE,
+    "optim.betas": Check(ge=0, le=1, each=True),
+    "optim.lars_eta": POSITIVE,
+    "optim.lr_mult": NON_NEGATIVE,
+    "optim.scheduler": Check(choices=("cosine", "constant")),
+    "optim.warmup_epochs": NON_NEGATIVE,
+    "optim.warmup_start_factor": FRACTION,
+    "optim.min_lr": NON_NEGATIVE,
+    "trainer.max_epochs": Check(ge=-1, hint="-1 trains until max_steps"),
+    "trainer.max_steps": Check(ge=-1, hint="-1 for no limit"),
+    "trainer.accelerator": Check(choices=_accelerators),
+    "trainer.strategy": Check(choices=_strategies),
+    "trainer.precision": Check(choices=_precisions),
+    "trainer.num_nodes": AT_LEAST_1,
+    "trainer.accumulate_grad_batches": AT_LEAST_1,
+    "trainer.gradient_clip_val": NON_NEGATIVE,
+    "trainer.log_every_n_steps": AT_LEAST_1,
+    "trainer.check_val_every_n_epoch": AT_LEAST_1,
+    "trainer.limit_train_batches": NON_NEGATIVE,
+    "trainer.limit_val_batches": NON_NEGATIVE,
+    "trainer.checkpoint_every_n_steps": AT_LEAST_1,
+    "eval.protocols": Check(choices=("linear", "knn", "folds", "finetune", "retrieval"), each=True),
+    "eval.modality": Check(choices=("video", "audio", "image")),
+    "eval.knn_k": AT_LEAST_1,
+    "eval.knn_temperature": POSITIVE,
+    "eval.linear_epochs": AT_LEAST_1,
+    "eval.linear_lr": POSITIVE,
+    "eval.linear_weight_decay": NON_NEGATIVE,
+    "eval.aggregation": Check(choices=_aggregations),
+}
+
+
+def _short_side_problem(cfg: DictConfig) -> Optional[str]:
+    """Training scale jitter: crop_size <= min_short_side <= max_short_side (defaults: 8/7 and 10/7 of
+    the crop, as the transforms use)."""
+    d = cfg.data
+    lo = d.min_short_side if d.min_short_side is not None else int(round(d.crop_size * 256 / 224))
+    hi = d.max_short_side if d.max_short_side is not None else int(round(d.crop_size * 320 / 224))
+    if lo < d.crop_size:
+        return (f"data.min_short_side={lo} is smaller than data.crop_size={d.crop_size}: clips are scaled to a "
+                "short side in [min_short_side, max_short_side] and then cropped, so it must be >= crop_size")
+    if hi < lo:
+        return f"data.max_short_side={hi} is smaller than data.min_short_side={lo}"
+    return None
+
+
+#: Rules between keys: each returns a problem (naming the keys) or None.
+CROSS_CHECKS: List[Callable[[DictConfig], Optional[str]]] = [_short_side_problem]
+
+
+def method_checks(method_cls: Any) -> Dict[str, Check]:
+    """The checks a method's ``Config`` declares (a ``checks`` class attribute, keys under ``method.``),
+    gathered from its bases too."""
+    out: Dict[str, Check] = {}
+    for klass in reversed(getattr(method_cls, "__mro__", ())):
+        out.update(vars(klass).get("checks", {}))
+    return out
+
+
+def _validate(cfg: DictConfig, method_cls: Any) -> None:
+    """Raise ConfigError for the first value outside its :data:`CHECKS` rule, a method's own checks, or a
+    rule between keys."""
+    checks = {**CHECKS, **{f"method.{k}": c for k, c in method_checks(method_cls).items()}}
+    for key, check in checks.items():
+        value = OmegaConf.select(cfg, key, default=None)
+        if isinstance(value, (DictConfig, ListConfig)):
+            value = OmegaConf.to_container(value)
+        if isinstance(value, dict):  # a mapping of names to numbers (e.g. optim.lr_mult): check each number
+            for name, v in _leaves(value, key):
+                problem = check.problem(v)
+                if problem:
+                    raise ConfigError(f"invalid value for '{name}': {v!r} ({problem})")
+            continue
+        problem = check.problem(value)
+        if problem:
+            raise ConfigError(f"invalid value for '{key}': {value!r} ({problem})")
+    for rule in CROSS_CHECKS:
+        problem = rule(cfg)
+        if problem:
+            raise ConfigError(problem)
+
+
+def _leaves(tree: Dict[str, Any], prefix: str) -> Iterable[Tuple[str, Any]]:
+    for k, v in tree.items():
+        if isinstance(v, dict):
+            yield from _leaves(v, f"{prefix}.{k}")
+        else:
+            yield f"{prefix}.{k}", v
+
+
 def _known_keys(node: Any) -> List[str]:
     if isinstance(node, DictConfig):
         return [str(k) for k in node.keys()]
@@ -182,6 +410,9 @@ def _check_keys(data: Any, schema: Any, prefix: str = "") -> None:
             raise ConfigError(f"unknown config key '{dotted}'.{_suggest(str(key), known, prefix)}")
         child = schema._get_node(key)
         if isinstance(child, DictConfig) and not _is_open_dict(child):
+            if value is not None and not isinstance(value, dict):
+                raise ConfigError(f"'{dotted}' must be a mapping of keys ({', '.join(_known_keys(child)[:4])}, ...), "
+                                  f"got {value!r}")
             _check_keys(value, child, dotted + ".")
 
 
@@ -196,19 +427,62 @@ def _method_schema(name: str) -> Any:
     return method_config_class(name)
 
 
+def _yaml_problem(e: yaml.YAMLError) -> str:
+    """What a YAML error says, in a line (and why a Python tag is refused)."""
+    problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+    if "constructor for the tag" in problem:
+        tag = problem.split("tag", 1)[1].strip(" '").replace("tag:yaml.org,2002:", "!!")
+        return f"YAML tag {tag!r} is not allowed: a config holds plain values (numbers, strings, lists, mappings)"
+    return f"not valid YAML ({problem})"
+
+
+def _yaml_where(path: str, e: yaml.YAMLError) -> str:
+    mark = getattr(e, "problem_mark", None) or getattr(e, "context_mark", None)
+    return f"{path}:{mark.line + 1}" if mark is not None else path
+
+
+def _load_mapping(path: str) -> Dict[str, Any]:
+    """The top-level mapping of one YAML file (an empty file is an empty mapping)."""
+    if not os.path.exists(path):
+        raise ConfigError(f"config file not found: {path}")
+    if os.path.isdir(path):
+        raise ConfigError(f"config {path} is a folder: give a YAML file")
+    try:
+        raw = OmegaConf.load(path)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{_yaml_where(path, e)}: {_yaml_problem(e)}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not a text (UTF-8) file; give a YAML config") from None
+    except PermissionError:
+        raise ConfigError(f"config {path}: permission denied; make it readable") from None
+    except OSError as e:
+        if e.errno is not None:
+            raise  # the disk, not the config: reported with the path by the caller
+        # OmegaConf's own complaint about a bare number or boolean at the top level.
+        raise ConfigError(f"{path}: the top level must be a mapping of keys (method:, data:, ...), not a single value") from None
+    except OmegaConfBaseException as e:
+        raise ConfigError(f"{path}: {str(e).splitlines()[0]}") from None
+    if not isinstance(raw, DictConfig):
+        kind = "a list" if isinstance(raw, ListConfig) else f"a {type(raw).__name__}"
+        raise ConfigError(f"{path}: the top level must be a mapping of keys (method:, data:, ...), not {kind}")
+    try:
+        return OmegaConf.to_container(raw, resolve=False)  # type: ignore[return-value]
+    except OmegaConfBaseException as e:
+        raise ConfigError(f"{path}: {str(e).splitlines()[0]}") from None
+
+
 def _read_yaml(path: str, seen: Optional[set] = None) -> Dict[str, Any]:
     """Read a YAML file, resolving ``defaults: [...]`` (earlier files first, this file last)."""
     seen = seen or set()
     path = os.path.abspath(path)
     if path in seen:
         raise ConfigError(f"config {path} includes itself through 'defaults'")
-    if not os.path.exists(path):
-        raise ConfigError(f"config file not found: {path}")
-    raw = OmegaConf.load(path)
-    data = OmegaConf.to_container(raw, resolve=False) if isinstance(raw, DictConfig) else {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: the top level must be a mapping")
+    data = _load_mapping(path)
     defaults = data.pop("defaults", []) or []
+    if isinstance(defaults, str):
+        defaults = [defaults]
+    if not isinstance(defaults, list) or not all(isinstance(d, str) for d in defaults):
+        raise ConfigError(f"{path}: 'defaults' must be a list of YAML file names, got {defaults!r}")
     merged: Dict[str, Any] = {}
     for d in defaults:
         base = _read_yaml(os.path.join(os.path.dirname(path), d), seen | {path})
@@ -216,15 +490,19 @@ def _read_yaml(path: str, seen: Optional[set] = None) -> Dict[str, Any]:
     return OmegaConf.to_container(OmegaConf.merge(merged, data))  # type: ignore[return-value]
 
 
-def _schema_for(data: Dict[str, Any]) -> DictConfig:
+def _schema_for(data: Dict[str, Any]) -> Tuple[DictConfig, Any]:
+    """The schema for ``data`` (with its method's keys under ``method``) and the method's Config class."""
     schema = OmegaConf.structured(Config)
-    name = (data.get("method") or {}).get("name", schema.method.name)
+    method = data.get("method") or {}
+    if not isinstance(method, dict):
+        raise ConfigError(f"'method' must be a mapping (e.g. method: {{name: simclr}}), got {method!r}")
+    name = method.get("name", schema.method.name)
     try:
         method_cls = _method_schema(name)
     except KeyError as e:
         raise ConfigError(f"method.name: {e.args[0]}") from None
     schema.method = OmegaConf.structured(method_cls)
-    return schema
+    return schema, method_cls
 
 
 def _parse_overrides(overrides: Sequence[str]) -> Dict[str, Any]:
@@ -233,23 +511,30 @@ def _parse_overrides(overrides: Sequence[str]) -> Dict[str, Any]:
         if "=" not in item:
             raise ConfigError(f"override {item!r} is not of the form key=value")
         key = item.split("=", 1)[0].strip()
-        dotted = OmegaConf.from_dotlist([item])
-        out = OmegaConf.to_container(OmegaConf.merge(out, dotted))  # type: ignore[assignment]
         if not key:
             raise ConfigError(f"override {item!r} has an empty key")
+        try:
+            dotted = OmegaConf.from_dotlist([item])
+            out = OmegaConf.to_container(OmegaConf.merge(out, dotted))  # type: ignore[assignment]
+        except yaml.YAMLError as e:
+            raise ConfigError(f"override {item!r}: {_yaml_problem(e)}") from None
+        except OmegaConfBaseException as e:
+            raise ConfigError(f"override {item!r}: {str(e).splitlines()[0]}") from None
     return out
 
 
 def build_config(data: Dict[str, Any]) -> DictConfig:
-    """Validate plain ``data`` against the schema and return a typed, read-only config."""
-    schema = _schema_for(data)
+    """Validate plain ``data`` against the schema and the value checks; return a typed, read-only config."""
+    schema, method_cls = _schema_for(data)
     _check_keys(data, schema)
     try:
         cfg = OmegaConf.merge(schema, data)
-    except (ValidationError, ConfigKeyError, ConfigAttributeError) as e:
+        OmegaConf.to_container(cfg, resolve=True)  # a broken ${...} interpolation fails here, not mid-run
+    except (ValidationError, ConfigKeyError, ConfigAttributeError, OmegaConfBaseException) as e:
         key = getattr(e, "full_key", None) or ""
         msg = str(getattr(e, "msg", e)).splitlines()[0]
         raise ConfigError(f"invalid value for '{key}': {msg}") from None
+    _validate(cfg, method_cls)
     OmegaConf.set_readonly(cfg, True)
     return cfg  # type: ignore[return-value]
 
@@ -277,6 +562,8 @@ def to_dict(cfg: Any) -> Dict[str, Any]:
 
 
 __all__ = [
+    "CHECKS",
+    "Check",
     "Config",
     "ConfigError",
     "DataConfig",

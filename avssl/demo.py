@@ -60,7 +60,9 @@ def run_demo(
     if unknown or "supervised" in methods:
         known = sorted(f[:-len("_tiny.yaml")] for f in os.listdir(CONFIG_DIR) if f.endswith("_tiny.yaml")
                        and f not in ("base_tiny.yaml", "supervised_tiny.yaml"))
-        raise ValueError(f"demo methods {unknown or ['supervised']} not available (the supervised upper bound "
+        from avssl.errors import InvalidArgument
+
+        raise InvalidArgument(f"demo methods {unknown or ['supervised']} not available (the supervised upper bound "
                          f"always runs); choose from {', '.join(known)}")
     t_start = time.perf_counter()
     raw = os.path.join(out, "synthetic")

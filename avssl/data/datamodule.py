@@ -66,9 +66,8 @@ def make_image_dataset(cfg: Any, part: str, train: bool) -> Any:
                              f"augmentation: {e}") from None
     else:
         transform = EvalImageTransform(d.image_size)
-    src = d.train if part == "train" else (d.val or d.train)
-    if src is None:
-        raise ValueError("data.train is not set: use 'digits', a folder of class folders, or a video manifest")
+    src = _source(d, part, "'digits', a folder of class folders, or a video manifest",
+                  generated=("digits", *CLUTTER))
     if (d.image_copies != 1 or d.positives_across_copies) and src not in CLUTTER:
         raise ValueError(f"data.image_copies / data.positives_across_copies apply to the generated sets "
                          f"{sorted(CLUTTER)}, not to data.train={src!r}")
@@ -88,6 +87,25 @@ def make_image_dataset(cfg: Any, part: str, train: bool) -> Any:
     return VideoFramesDataset(src, split=split or None, frames_per_video=d.frames_per_video, size=d.image_size,
                               transform=transform, seed=cfg.seed, video_root=d.video_root,
                               max_failure_fraction=d.max_failure_fraction, backend=d.backend)
+
+
+def _source(d: Any, part: str, expected: str, generated: Sequence[str] = ()) -> str:
+    """The data source of ``part`` (``data.val`` defaults to ``data.train``), checked to be set and to
+    exist (as must ``data.video_root`` when set), with errors naming the key."""
+    import os
+
+    from avssl.config import ConfigError
+    from avssl.errors import PathError
+
+    key = "data.val" if part == "val" and d.val else "data.train"
+    src = d.val if key == "data.val" else d.train
+    if src is None:
+        raise ConfigError(f"data.train is not set: point it at {expected}")
+    if src not in generated and not os.path.exists(src):
+        raise PathError(f"{key}: {src} does not exist; point it at {expected}")
+    if d.video_root is not None and src not in generated and not os.path.isdir(d.video_root):
+        raise PathError(f"data.video_root: {d.video_root} is not a folder; set it to the folder the videos are under")
+    return src
 
 
 def _looks_like_videos(folder: str) -> bool:
@@ -117,9 +135,7 @@ def make_dataset(cfg: Any, part: str, train: bool, needs_audio: bool) -> Any:
         return make_image_dataset(cfg, part, train)
     if d.kind != "video":
         raise ValueError(f"data.kind must be 'video' or 'image', got {d.kind!r}")
-    src = d.train if part == "train" else (d.val or d.train)
-    if src is None:
-        raise ValueError("data.train is not set: point it at a manifest.csv, a folder tree, a Kinetics CSV or a split file")
+    src = _source(d, part, "a manifest.csv, a folder tree, a Kinetics CSV or a split file")
     wanted_split = d.train_split if part == "train" else d.val_split
     return VideoDataset(
         src,

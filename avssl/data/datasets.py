@@ -25,7 +25,7 @@ from avssl.data import sampling
 from avssl.data.decoding import DecodeError, probe, read_clip
 from avssl.data import manifest as _manifest
 from avssl.data.manifest import ManifestRow
-from avssl.errors import UserError
+from avssl.errors import DataError, UserError
 
 log = logging.getLogger(__name__)
 
@@ -64,13 +64,38 @@ def load_rows(source: Union[str, os.PathLike], video_root: Optional[str] = None)
 
 def select_rows(source: Any, video_root: Optional[str] = None, split: Optional[str] = None) -> List[ManifestRow]:
     """The rows of ``source`` (a list of rows, or anything :func:`load_rows` reads) in ``split`` (None:
-    all); ``ValueError`` naming the source when none are left."""
-    rows = list(source) if isinstance(source, (list, tuple)) else load_rows(source, video_root=video_root)
-    if split is not None:
-        rows = [r for r in rows if r.split == split]
+    all).
+
+    Raises:
+        DataError (a ``ValueError``) naming the source when nothing is left to read: it lists no
+        videos, none in ``split``, or none of the files it lists exists.
+    """
+    listed = list(source) if isinstance(source, (list, tuple)) else load_rows(source, video_root=video_root)
+    where = "the given rows" if isinstance(source, (list, tuple)) else os.fspath(source)
+    if not listed:
+        raise DataError(_nothing_listed(where, getattr(listed, "missing", None)))
+    rows = listed if split is None else [r for r in listed if r.split == split]
     if not rows:
-        raise ValueError(f"no videos found in {source!r}" + (f" for split {split!r}" if split else ""))
+        present = ", ".join(sorted(repr(s) if s else "none" for s in {r.split for r in listed}))
+        raise DataError(f"no videos for split {split!r} in {where} (splits there: {present}); data.train_split / "
+                        "data.val_split choose the split, null takes every video")
+    # Stops at the first file found, so this costs one stat for a healthy corpus.
+    if not any(os.path.exists(r.path) for r in rows):
+        raise DataError(f"none of the {len(rows)} videos listed in {where} exists (first: {rows[0].path}); check "
+                        "the paths (relative ones are read from the manifest's folder) or data.video_root")
     return rows
+
+
+def _nothing_listed(where: str, missing: Optional[List[Any]]) -> str:
+    """Why a source gave no rows, in a line."""
+    if missing:
+        return (f"no videos in {where}: none of the {len(missing)} videos it names was found (first: "
+                f"{missing[0].name}); check data.video_root, the folder the videos are under")
+    if os.path.isdir(where):
+        return (f"no videos in {where}: no video files ({', '.join(_manifest.VIDEO_EXTENSIONS)}) in this folder "
+                "or its class folders")
+    header = " (a header and no rows)" if where.endswith(".csv") else ""
+    return f"no videos in {where}: it lists none{header}; run `avssl prep` to write a manifest"
 
 
 def _takes_generator(fn: Any) -> bool:

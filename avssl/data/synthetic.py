@@ -85,6 +85,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from avssl.errors import InvalidArgument
 from avssl.utils import atomic_write_text
 
 __all__ = [
@@ -134,7 +135,7 @@ def _class_table(num_classes: int) -> Dict[str, Tuple[str, int]]:
     if not isinstance(num_classes, (int, np.integer)) or isinstance(num_classes, bool):
         raise TypeError(f"classes must be an int, got {num_classes!r}")
     if not 1 <= num_classes <= MAX_CLASSES:
-        raise ValueError(f"classes must be in [1, {MAX_CLASSES}], got {num_classes}")
+        raise InvalidArgument(f"classes must be in [1, {MAX_CLASSES}], got {num_classes}")
     table: Dict[str, Tuple[str, int]] = {}
     for k in range(num_classes):
         v, p = divmod(k, len(CLASS_NAMES))
@@ -793,23 +794,23 @@ def _check_args(classes: int, per_class: int, seconds: float, size: int, fps: in
                 val_fraction: float, no_audio_fraction: float, workers: Optional[int]) -> None:
     _class_table(classes)
     if not isinstance(per_class, (int, np.integer)) or per_class < 1:
-        raise ValueError(f"per_class must be an int >= 1, got {per_class!r}")
+        raise InvalidArgument(f"per_class must be an int >= 1, got {per_class!r}")
     if not isinstance(fps, (int, np.integer)) or fps < 1:
-        raise ValueError(f"fps must be an int >= 1, got {fps!r}")
+        raise InvalidArgument(f"fps must be an int >= 1, got {fps!r}")
     if not (isinstance(seconds, (int, float)) and seconds > 0 and round(seconds * fps) >= 3):
-        raise ValueError(f"seconds must give at least 3 frames at fps={fps}, got seconds={seconds!r}")
+        raise InvalidArgument(f"seconds must give at least 3 frames at fps={fps}, got seconds={seconds!r}")
     if not isinstance(size, (int, np.integer)) or size < 16 or size % 2:
-        raise ValueError(f"size must be an even int >= 16 (libx264 yuv420p), got {size!r}")
+        raise InvalidArgument(f"size must be an even int >= 16 (libx264 yuv420p), got {size!r}")
     if audio_rate not in _AAC_RATES:
-        raise ValueError(f"audio_rate must be an AAC sample rate {_AAC_RATES}, got {audio_rate!r}")
+        raise InvalidArgument(f"audio_rate must be an AAC sample rate {_AAC_RATES}, got {audio_rate!r}")
     if not 0.0 <= val_fraction < 1.0:
-        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction!r}")
+        raise InvalidArgument(f"val_fraction must be in [0, 1), got {val_fraction!r}")
     if not 0.0 <= no_audio_fraction <= 1.0:
-        raise ValueError(f"no_audio_fraction must be in [0, 1], got {no_audio_fraction!r}")
+        raise InvalidArgument(f"no_audio_fraction must be in [0, 1], got {no_audio_fraction!r}")
     if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool) or seed < 0:
-        raise ValueError(f"seed must be an int >= 0, got {seed!r}")
+        raise InvalidArgument(f"seed must be an int >= 0, got {seed!r}")
     if workers is not None and (not isinstance(workers, (int, np.integer)) or workers < 0):
-        raise ValueError(f"workers must be None or an int >= 0, got {workers!r}")
+        raise InvalidArgument(f"workers must be None or an int >= 0, got {workers!r}")
 
 
 def _plan_corpus(classes: int, per_class: int, seconds: float, size: int, fps: int, audio_rate: int,

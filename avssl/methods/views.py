@@ -28,12 +28,13 @@ from __future__ import annotations
 import copy
 import math
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, ClassVar, Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from avssl.config import Check
 from avssl.methods.base import BaseMethodConfig, Method
 
 #: Dimensions of one view of one sample: C×H×W (image), C×T×H×W (video), 1×F×T' (audio).
@@ -51,6 +52,14 @@ class ViewsMethodConfig(BaseMethodConfig):
     proj_hidden: int = 2048  # projector hidden width
     proj_dim: int = 128  # projector output width (the embedding the loss sees)
     proj_layers: int = 2  # Linear layers in the projector
+
+    # Value checks of these keys (see avssl.config.CHECKS); a subclass's own are added to them.
+    checks: ClassVar[Dict[str, Check]] = {
+        "modality": Check(choices=("image", "video", "audio")),
+        "proj_hidden": Check(ge=1),
+        "proj_dim": Check(ge=1),
+        "proj_layers": Check(ge=1),
+    }
 
 
 def pair_cosine(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
