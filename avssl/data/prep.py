@@ -17,7 +17,10 @@ Guarantees:
   interrupted run never leaves a partial file under a final name;
 * a rerun skips outputs that exist and probe OK (and are newer than their source), and redoes the rest;
 * each file is handled in a worker process with a time limit: a corrupt file, a hang or a crash of the
-  decoder (even a segfault) marks that one file bad and the run goes on.
+  decoder (even a segfault) marks that one file bad and the run goes on;
+* videos come out upright with square pixels: a display rotation and a non-square sample aspect ratio
+  are applied (and listed under ``corrected`` in the report), or, with ``geometry="refuse"``, such a
+  file is listed as bad with the reason.
 
 Everything is done with PyAV (no ffmpeg binary needed).
 """
@@ -50,6 +53,7 @@ from avssl.data.manifest import (
 from avssl.utils import atomic_write_text
 
 AUDIO_FORMATS = ("wav", "flac")
+GEOMETRY_MODES = ("fix", "refuse")
 #: Sample rates the AAC encoder takes; other source rates are resampled to ``audio_rate``.
 _AAC_RATES = (8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000, 64000, 88200, 96000)
 _PART = ".avssl-part"  # marks temporary outputs (hidden names: readers skip them)
@@ -199,8 +203,12 @@ def _transcode(
     threads: int,
     with_audio: bool = True,
     source_duration: Optional[float] = None,
+    geometry: Optional[decoding.Geometry] = None,
 ) -> Dict[str, Any]:
     """Decode ``src`` once; write the re-encoded video (when ``video_dst``) and the audio file.
+
+    The video comes out upright with square pixels: frames are scaled to the ``geometry``'s display
+    aspect (short side ``short_side``), then turned by its display rotation.
 
     Times count from the first video frame (as :func:`avssl.data.decoding.read_clip` does); the window
     ``[start, end)`` is cut exactly. Video frames go out at a constant rate (``fps``, or the source's
@@ -239,7 +247,10 @@ def _transcode(
         if video_dst is not None:
             vcont = av.open(video_dst, mode="w", format="mp4")
             outputs.append(vcont)
-            width, height = output_size(vin.codec_context.width, vin.codec_context.height, short_side)
+            geom = geometry or decoding.Geometry(vin.codec_context.width, vin.codec_context.height)
+            width, height = output_size(*geom.display_size, short_side)
+            turns = geom.rotation // 90
+            scaled_size = (height, width) if turns % 2 else (width, height)  # before turning upright
             vout = vcont.add_stream("libx264", rate=out_rate)
             vout.width, vout.height, vout.pix_fmt = width, height, "yuv420p"
             vout.options = dict(_X264)
@@ -277,13 +288,15 @@ def _transcode(
                 if prev[2] is None:
                     scaled = scaler.reformat(
                         prev[1],
-                        width=vout.width,
-                        height=vout.height,
+                        width=scaled_size[0],
+                        height=scaled_size[1],
                         format="yuv420p",
                         interpolation="BICUBIC",
                         # Full-range (JPEG) sources must be mapped to the limited range yuv420p means.
                         dst_color_range=av.video.reformatter.ColorRange.MPEG,
                     )
+                    if turns:
+                        scaled = _turn_yuv420p(scaled, turns)
                     prev = (prev[0], None, scaled)
                 frame = prev[2]
                 frame.pts = k
@@ -347,6 +360,24 @@ def _transcode(
             c.close()
         inp.close()
     return stats
+
+
+def _turn_yuv420p(frame, turns: int):
+    """``frame`` (yuv420p, even sides) turned ``turns`` quarter turns counterclockwise, plane by plane
+    (exact: no colour conversion, no resampling)."""
+    import av
+
+    w, h = frame.width, frame.height
+    flat = frame.to_ndarray().reshape(-1)  # Y, then U, then V, each row-major
+    y_end, c_size = w * h, (w // 2) * (h // 2)
+    planes = (
+        flat[:y_end].reshape(h, w),
+        flat[y_end : y_end + c_size].reshape(h // 2, w // 2),
+        flat[y_end + c_size : y_end + 2 * c_size].reshape(h // 2, w // 2),
+    )
+    turned = [np.rot90(p, turns) for p in planes]
+    data = np.concatenate([p.reshape(-1) for p in turned]).reshape(-1, turned[0].shape[1])
+    return av.VideoFrame.from_ndarray(data, format="yuv420p")
 
 
 def _source_rate(vin) -> Fraction:
@@ -440,13 +471,16 @@ def _process(job: Dict[str, Any], s: Dict[str, Any], stage: Callable[[str, float
     describes the source itself (its window, if any, kept in ``start``/``end``) and only audio is written.
     """
     src = job["source"]
+    src_info = decoding.probe(src)
+    geom = decoding.Geometry.from_info(src_info)
+    if not geom.is_identity and s["geometry"] == "refuse":
+        raise decoding.DecodeError(src, f"{_geometry_text(geom)} would need correcting; refused (strict geometry)")
     if s["check_only"]:
-        return {"status": "ok", "info": decoding.probe(src)}
+        return {"status": "ok", "info": src_info}
 
     warnings: List[str] = []
     audio_out = job["audio_out"]
     reencode = job["video_out"] is not None
-    src_info = decoding.probe(src)
     start, end = _window(job, s, src_info["duration"], warnings)
     job = dict(job, start=start, end=end)
     span = (src_info["duration"] if end is None else end) - (start or 0.0)
@@ -486,9 +520,34 @@ def _process(job: Dict[str, Any], s: Dict[str, Any], stage: Callable[[str, float
         end=job["end"],
     )
     result: Dict[str, Any] = {"status": status, "warnings": warnings, "row": row.to_dict()}
+    if reencode and not geom.is_identity:
+        result["corrected"] = {
+            "rotation": geom.rotation,
+            "sample_aspect_ratio": _ratio_text(geom.sar),
+            "coded_size": [geom.coded_width, geom.coded_height],
+            "display_size": list(geom.display_size),
+            "output_size": [row.width, row.height],
+            "correction": _geometry_text(geom),
+        }
     if s["audio_stats"] and audio_path is not None:
         result["audio_stats"] = _stats_for(audio_path, s["audio_rate"])
     return result
+
+
+def _ratio_text(x: float) -> str:
+    r = Fraction(x).limit_denominator(1000)
+    return f"{r.numerator}:{r.denominator}"
+
+
+def _geometry_text(geom: decoding.Geometry) -> str:
+    """What turning ``geom``'s frames upright and square takes, in words."""
+    parts = []
+    if geom.rotation:
+        parts.append(f"display rotation {geom.rotation}° counterclockwise")
+    if geom.scaled_size != (geom.coded_width, geom.coded_height):
+        parts.append(f"sample aspect ratio {_ratio_text(geom.sar)} ({geom.coded_width}x{geom.coded_height} coded, "
+                     f"{geom.display_size[0]}x{geom.display_size[1]} displayed)")
+    return " and ".join(parts)
 
 
 def _remove(path: Optional[str]) -> None:
@@ -515,6 +574,7 @@ def _write_outputs(job: Dict[str, Any], s: Dict[str, Any], src_info: Dict[str, A
         audio_format=s["audio_format"],
         threads=s["threads"],
         source_duration=src_info["duration"],
+        geometry=decoding.Geometry.from_info(src_info),
     )
     try:
         stats = _transcode(src, v_tmp, a_tmp, **kwargs)
@@ -802,6 +862,7 @@ def prepare(
     audio_stats: bool = False,
     timeout: float = 60.0,
     report_path: Optional[str | os.PathLike] = None,
+    geometry: str = "fix",
 ) -> Dict[str, Any]:
     """Prepare a video corpus (or, with ``check_only``, just check it). Returns the report dict.
 
@@ -826,11 +887,14 @@ def prepare(
         timeout: seconds a file may take to probe; transcoding gets ``timeout`` plus 20 s per second of
             video. A file that overruns is recorded as bad.
         report_path: also write the JSON report here (with ``check_only``, the only file written).
+        geometry: ``"fix"`` writes videos with a display rotation or non-square pixels upright and
+            square (listed under ``corrected``); ``"refuse"`` lists them as bad files with the reason.
 
     Returns:
         The report: ``counts`` (``total``, ``ok``, ``skipped_existing``, ``bad``, ``no_audio``),
-        ``bad_files`` (``path``, ``reason``), ``warnings``, ``settings``, ``wall_time_s``,
-        ``videos_per_s``, and the output paths (``manifest``, ``report``).
+        ``bad_files`` (``path``, ``reason``), ``corrected`` (``path``, ``rotation``,
+        ``sample_aspect_ratio``, ``coded_size``, ``display_size``, ``output_size``, ``correction``), ``warnings``,
+        ``settings``, ``wall_time_s``, ``videos_per_s``, and the output paths (``manifest``, ``report``).
     """
     t_start = time.perf_counter()
     src = os.path.abspath(os.fspath(src))
@@ -848,6 +912,8 @@ def prepare(
         raise ValueError(f"timeout must be positive, got {timeout}")
     if csv is not None and not os.path.isfile(csv):
         raise FileNotFoundError(f"Kinetics CSV not found: {csv}")
+    if geometry not in GEOMETRY_MODES:
+        raise ValueError(f"geometry must be one of {GEOMETRY_MODES}, got {geometry!r}")
     workers = _default_workers() if workers is None else int(workers)
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
@@ -890,6 +956,7 @@ def prepare(
         "audio_stats": audio_stats,
         "timeout": timeout,
         "check_only": check_only,
+        "geometry": geometry,
         "video_codec": "libx264 yuv420p crf {crf} preset {preset}".format(**_X264),
         "audio_codec": "aac",
     }
@@ -938,6 +1005,7 @@ def prepare(
                 os.remove(lock)
 
     warnings: List[Dict[str, str]] = []
+    corrected: List[Dict[str, Any]] = []
     manifest_rows: List[ManifestRow] = []
     audio_acc = None
     n_audio = 0
@@ -948,6 +1016,8 @@ def prepare(
             continue
         for w in res.get("warnings", []):
             warnings.append({"path": job["source"], "warning": w})
+        if res.get("corrected"):
+            corrected.append({"path": job["source"], **res["corrected"]})
         if check_only:
             manifest_rows.append(ManifestRow(path=job["source"], source=job["source"], **_info_fields(res["info"])))
             continue
@@ -972,6 +1042,7 @@ def prepare(
             "no_audio": sum(1 for r in manifest_rows if r.has_audio is False),
         },
         "bad_files": bad,
+        "corrected": sorted(corrected, key=lambda c: c["path"]),
         "warnings": warnings,
         "settings": settings,
         "duration_s": float(sum(r.duration or 0.0 for r in manifest_rows)),
@@ -1078,6 +1149,8 @@ def print_summary(report: Dict[str, Any], console: Any = None, max_bad: int = 50
         table.add_row("already prepared (skipped)", str(c["skipped_existing"]))
     table.add_row("bad", f"[red]{c['bad']}" if c["bad"] else "0")
     table.add_row("without audio", str(c.get("no_audio", 0)))
+    if report.get("corrected"):
+        table.add_row("turned upright / made square", str(len(report["corrected"])))
     table.add_row("hours of video", f"{report.get('duration_s', 0.0) / 3600:.2f}")
     table.add_row("wall time", f"{report['wall_time_s']:.1f} s ({report.get('videos_per_s', 0.0):.2f} videos/s)")
     console.print(table)
@@ -1102,4 +1175,4 @@ def print_summary(report: Dict[str, Any], console: Any = None, max_bad: int = 50
             console.print(f"{key}: {report[key]}")
 
 
-__all__ = ["AUDIO_FORMATS", "output_size", "prepare", "print_summary", "run_isolated"]
+__all__ = ["AUDIO_FORMATS", "GEOMETRY_MODES", "output_size", "prepare", "print_summary", "run_isolated"]
