@@ -96,7 +96,7 @@ def _add_prep(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_prep(args: argparse.Namespace) -> int:
-    from avssl.data.prep import prepare, print_summary
+    from avssl.data.prep import PrepError, prepare, print_summary
 
     geometry = "refuse" if args.strict_geometry else "fix"
     if args.check:
@@ -104,7 +104,7 @@ def _run_prep(args: argparse.Namespace) -> int:
                          geometry=geometry)
     else:
         if not args.out:
-            raise SystemExit("avssl prep: OUT_DIR is required unless --check is given")
+            raise PrepError("avssl prep: OUT_DIR is required unless --check is given")
         report = prepare(
             args.src,
             args.out,
