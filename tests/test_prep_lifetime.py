@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
+import resource
 import shutil
 import signal
 import subprocess
@@ -274,6 +275,24 @@ def test_unwritable_output_subfolder_stops_the_run_and_blames_no_source(small_sr
     assert not (out / "prep_report.json").exists() and not (out / "manifest.csv").exists()
     assert not partials(out) and not (out / prep._LOCK).exists()
     assert "x.mp4" not in proc.stdout and "y.mp4" not in proc.stdout
+
+
+def _small_disk():
+    # Writes past 4 kB fail with EFBIG (as a full disk fails with ENOSPC) instead of killing the process.
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))
+
+
+def test_a_disk_that_fills_up_stops_the_run_and_blames_no_source(tmp_path):
+    src, out = tmp_path / "src", tmp_path / "out"
+    media.write_video(str(src / "a" / "x.mp4"), num_frames=30, fps=10, width=160, height=120)
+    proc = subprocess.run(prep_cmd(str(src), str(out), "--workers", "1", "--short-side", "120"), env=ENV,
+                          capture_output=True, text=True, timeout=120, preexec_fn=_small_disk)
+    assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-2000:]
+    lines = error_lines(proc)
+    assert len(lines) == 1 and f"cannot write {out / 'videos' / 'a'}: File too large" in lines[0], lines
+    assert not (out / "prep_report.json").exists() and "x.mp4" not in proc.stdout
+    assert not partials(out) and not (out / prep._LOCK).exists()
 
 
 @pytest.mark.parametrize(
