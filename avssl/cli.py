@@ -174,19 +174,22 @@ def _add_prep(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--workers", type=_NON_NEGATIVE_INT, default=None)
     p.add_argument("--no-reencode", action="store_true", help="probe and index only; keep the source files as they are")
     p.add_argument("--audio-stats", action="store_true", help="compute per-frequency log-mel mean/std (audio_stats.json)")
+    p.add_argument("--strict-geometry", action="store_true",
+                   help="list videos with a display rotation or non-square pixels as bad, instead of writing them "
+                        "upright with square pixels")
     p.set_defaults(func=_run_prep)
 
 
 def _run_prep(args: argparse.Namespace) -> int:
-    from avssl.data.prep import prepare, print_summary
+    from avssl.data.prep import PrepError, prepare, print_summary
 
+    geometry = "refuse" if args.strict_geometry else "fix"
     if args.check:
-        report = prepare(args.src, None, check_only=True, workers=args.workers, report_path=args.report)
+        report = prepare(args.src, None, check_only=True, workers=args.workers, report_path=args.report,
+                         geometry=geometry)
     else:
         if not args.out:
-            from avssl.errors import UserError
-
-            raise UserError("avssl prep: OUT_DIR is required unless --check is given")
+            raise PrepError("avssl prep: OUT_DIR is required unless --check is given")
         report = prepare(
             args.src,
             args.out,
@@ -198,6 +201,7 @@ def _run_prep(args: argparse.Namespace) -> int:
             workers=args.workers,
             reencode=not args.no_reencode,
             audio_stats=args.audio_stats,
+            geometry=geometry,
         )
     print_summary(report)
     return 0

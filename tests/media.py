@@ -157,3 +157,105 @@ def write_avi_with_ffmpeg(path: str, seconds: float = 1.2, fps: int = 25) -> str
         check=True,
     )
     return path
+
+
+# -- odd media: lying headers, display rotation, non-square pixels ------------------------------
+def orientation_image(width: int, height: int) -> np.ndarray:
+    """H×W×3 uint8 display picture: dark, with a bright block over the top half of the left quarter.
+    Turned, mirrored or stretched, the block lands elsewhere or changes shape."""
+    img = np.full((height, width, 3), 40, np.uint8)
+    img[: height // 2, : width // 4] = 220
+    return img
+
+
+def assert_upright(frame: np.ndarray, tol: int = 12) -> None:
+    """``frame`` (H×W×3) shows :func:`orientation_image` at its own size: the block is where it belongs
+    and fills it (so a turned, mirrored, squashed or stretched picture fails)."""
+    h, w = frame.shape[:2]
+    want = orientation_image(w, h).astype(np.float32)
+    got = frame.astype(np.float32)
+    # Away from the block's edges (scaling blurs them), every pixel is the expected level.
+    edge = np.zeros((h, w), bool)
+    by, bx = h // 2, w // 4
+    edge[max(0, by - 3) : by + 3, : bx + 3] = True
+    edge[: by + 3, max(0, bx - 3) : bx + 3] = True
+    err = np.abs(got - want).mean(axis=2)[~edge]
+    assert err.max() < 60 and err.mean() < tol, f"not upright and undistorted: mean error {err.mean():.1f}"
+
+
+def write_oriented(
+    path: str,
+    display_width: int = 64,
+    display_height: int = 48,
+    rotation: int = 0,
+    sar: Fraction = Fraction(1),
+    num_frames: int = 10,
+    fps: int = 10,
+) -> str:
+    """An mp4 whose *display* (rotation ``rotation`` degrees counterclockwise, then pixels of aspect
+    ``sar`` = 1, 2 or 1/2 made square) is :func:`orientation_image` at display size; the coded frames
+    are that picture turned back and squeezed, as a phone or an anamorphic camera stores them."""
+    picture = orientation_image(display_width, display_height)
+    coded = np.ascontiguousarray(np.rot90(picture, -(rotation // 90)))  # undo the display rotation
+    if sar == 2:
+        coded = np.ascontiguousarray(coded[:, ::2])  # wide pixels: half as many columns
+    elif sar == Fraction(1, 2):
+        coded = np.ascontiguousarray(coded[::2, :])  # tall pixels: half as many rows
+    elif sar != 1:
+        raise ValueError("sar must be 1, 2 or 1/2")
+    height, width = coded.shape[:2]
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    with av.open(path, mode="w") as container:
+        vs = container.add_stream("libx264", rate=fps)
+        vs.width, vs.height, vs.pix_fmt = width, height, "yuv420p"
+        vs.options = {"preset": "ultrafast", "crf": "10", "threads": "1"}
+        vs.codec_context.sample_aspect_ratio = Fraction(sar)
+        if rotation:
+            vs.set_display_rotation(rotation)
+        for i in range(num_frames):
+            frame = av.VideoFrame.from_ndarray(coded, format="rgb24")
+            frame.pts, frame.time_base = i, Fraction(1, fps)
+            for p in vs.encode(frame):
+                container.mux(p)
+        for p in vs.encode():
+            container.mux(p)
+    return path
+
+
+def write_lying_mkv(path: str, declared_seconds: float, num_frames: int = 20, fps: int = 10) -> str:
+    """A good Matroska file (H.264 + AAC) whose Segment Info declares a duration of ``declared_seconds``:
+    its 8-byte EBML Duration float (ID 0x4489, in TimecodeScale units of 1 ms) is rewritten in place."""
+    import struct
+
+    tmp = path + ".good.mkv"
+    write_video(tmp, num_frames=num_frames, fps=fps)
+    with open(tmp, "rb") as f:
+        data = bytearray(f.read())
+    os.remove(tmp)
+    at = data.find(b"\x44\x89\x88")  # Duration, size 8
+    if at < 0:
+        raise RuntimeError("no 8-byte Duration element in the Matroska header")
+    data[at + 3 : at + 11] = struct.pack(">d", declared_seconds * 1000.0)
+    with open(path, "wb") as f:
+        f.write(data)
+    return path
+
+
+def write_avi_lying_count(path: str, declared_frames: int = 10**9) -> str:
+    """An ffmpeg-written AVI whose headers (avih dwTotalFrames, the video strh dwLength) declare
+    ``declared_frames`` frames; it holds about 30."""
+    import struct
+
+    tmp = path + ".good.avi"
+    write_avi_with_ffmpeg(tmp)
+    with open(tmp, "rb") as f:
+        data = bytearray(f.read())
+    os.remove(tmp)
+    avih, strh = data.find(b"avih"), data.find(b"strh")
+    if avih < 0 or strh < 0 or data[strh + 8 : strh + 12] != b"vids":
+        raise RuntimeError("unexpected AVI layout")
+    data[avih + 8 + 16 : avih + 8 + 20] = struct.pack("<I", declared_frames)  # dwTotalFrames
+    data[strh + 8 + 32 : strh + 8 + 36] = struct.pack("<I", declared_frames)  # dwLength
+    with open(path, "wb") as f:
+        f.write(data)
+    return path

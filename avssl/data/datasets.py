@@ -22,7 +22,7 @@ import torch
 from torch.utils.data import Dataset
 
 from avssl.data import sampling
-from avssl.data.decoding import DecodeError, probe, read_clip
+from avssl.data.decoding import DecodeError, geometry_info, probe, read_clip
 from avssl.data import manifest as _manifest
 from avssl.data.manifest import ManifestRow
 from avssl.errors import DataError, UserError
@@ -244,6 +244,14 @@ class VideoDataset(Dataset):
             if row.duration is not None and row.fps is not None and row.has_audio is not None and start is None:
                 # Prepared rows carry their probe; their files start at time 0.
                 info = {"duration": row.duration, "fps": row.fps, "has_audio": row.has_audio, "start_time": 0.0}
+                if row.source and row.source != row.path and row.width and row.height:
+                    # A video avssl prep wrote: upright, square pixels, and probed after it was written.
+                    info.update(coded_width=row.width, coded_height=row.height, rotation=0,
+                                sample_aspect_ratio=1.0, decord_risk=None)
+                else:
+                    # A source indexed in place: how its frames turn upright, and whether decord may
+                    # open it, comes from a quick look at its header.
+                    info.update(geometry_info(row.path))
             else:
                 info = probe(row.path)
             self._info[index] = info

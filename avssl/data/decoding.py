@@ -9,13 +9,24 @@ Frames are chosen by *time*, not by index: for every sample time ``t`` the frame
 interval ``[pts_i, pts_{i+1})`` contains ``t`` is returned, which is correct for variable frame rate
 and for any fps. Audio is decoded with PyAV, down-mixed to mono and resampled to ``audio_rate``.
 
+Frames come out upright with square pixels: a display rotation (phone videos) and a non-square sample
+aspect ratio (anamorphic video) are applied, so both backends return the display size :func:`probe`
+reports.
+
+A file's header is never trusted on its own: :func:`probe` checks the declared frame count and duration
+against the packets and rejects a header that lies about them, and a file whose header would make decord
+allocate beyond reason (it aborts the process on such files) or that decord mishandles (rotation) is
+read with PyAV instead.
+
 Every failure to read a file becomes a :class:`DecodeError` naming the path; a file with no audio
 track gives ``audio=None``; a window that runs past the end of the file is clamped.
 """
 from __future__ import annotations
 
 import logging
+import math
 import os
+import struct
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
@@ -94,15 +105,180 @@ def _stream_duration(stream, container) -> Optional[float]:
     return None
 
 
-def probe(path: str | os.PathLike) -> Dict[str, Any]:
-    """Read a file's metadata and check that its first video frame decodes.
+# -- geometry: display rotation and pixel aspect ---------------------------------------------
+#: Sample (pixel) aspect ratios outside this range are taken for a corrupt header, not a real format
+#: (anamorphic formats in use lie between 10:11 and 2:1).
+SAR_RANGE = (0.25, 4.0)
+#: Frames larger than this (pixels, declared) are not handed to decord, which allocates them up front.
+_DECORD_MAX_PIXELS = 1 << 26
+#: decord reserves 32 bytes per frame it expects (the header's count, or fps × declared duration) before
+#: reading a packet; a lying header makes that allocation abort the process, so such files go to PyAV.
+_DECORD_MAX_FRAMES = 10_000_000
+#: A container may declare more time than its packets cover (audio padding, a cut download), but not this
+#: much more: beyond it the header is corrupt, and decoders that trust it misbehave.
+_DURATION_SLACK = (4.0, 60.0)  # (factor, seconds): declared > factor * data + seconds is rejected
 
-    Returns a dict with ``duration`` (s), ``fps``, ``width``, ``height``, ``num_frames``,
-    ``has_audio``, ``audio_rate`` (None without audio), ``video_codec``, ``audio_codec``.
-    ``duration`` is the video stream's (``num_frames / fps`` when the container does not say).
+
+@dataclass(frozen=True)
+class Geometry:
+    """How coded frames become upright, square-pixel display frames.
+
+    Attributes:
+        coded_width, coded_height: the decoded frame size.
+        rotation: display rotation in degrees counterclockwise (0, 90, 180 or 270), applied after scaling.
+        sar: sample (pixel) aspect ratio, width / height of one coded pixel.
+    """
+
+    coded_width: int
+    coded_height: int
+    rotation: int = 0
+    sar: float = 1.0
+
+    @property
+    def scaled_size(self) -> Tuple[int, int]:
+        """``(width, height)`` with square pixels, before rotation: the short way is stretched, never shrunk."""
+        w, h = self.coded_width, self.coded_height
+        if abs(self.sar - 1.0) < 1e-6:
+            return w, h
+        if self.sar > 1.0:
+            return max(1, int(round(w * self.sar))), h
+        return w, max(1, int(round(h / self.sar)))
+
+    @property
+    def display_size(self) -> Tuple[int, int]:
+        """``(width, height)`` of the upright, square-pixel frames."""
+        w, h = self.scaled_size
+        return (h, w) if self.rotation in (90, 270) else (w, h)
+
+    @property
+    def is_identity(self) -> bool:
+        return self.rotation == 0 and self.scaled_size == (self.coded_width, self.coded_height)
+
+    def upright(self, frames: np.ndarray) -> np.ndarray:
+        """Rotate scaled frames (…×H×W×C, already at :attr:`scaled_size`) to display orientation."""
+        k = self.rotation // 90
+        return np.rot90(frames, k=k, axes=(-3, -2)) if k else frames
+
+    @classmethod
+    def from_info(cls, info: Dict[str, Any]) -> "Geometry":
+        return cls(int(info["coded_width"]), int(info["coded_height"]), int(info["rotation"]),
+                   float(info["sample_aspect_ratio"]))
+
+    def to_info(self) -> Dict[str, Any]:
+        """The probe keys that describe this geometry (``width``/``height`` are the display size)."""
+        width, height = self.display_size
+        return {"width": width, "height": height, "coded_width": self.coded_width, "coded_height": self.coded_height,
+                "rotation": self.rotation, "sample_aspect_ratio": self.sar}
+
+
+def _sar_of(stream) -> float:
+    for sar in (stream.sample_aspect_ratio, stream.codec_context.sample_aspect_ratio):
+        if sar is not None and sar.numerator > 0 and sar.denominator > 0:
+            return float(sar)
+    return 1.0  # 0:1 means "unknown": square
+
+
+def _mirrored(frame) -> bool:
+    """Whether the frame's display matrix flips the picture (a negative determinant)."""
+    for sd in getattr(frame, "side_data", ()):
+        if getattr(sd.type, "name", "") == "DISPLAYMATRIX":
+            m = struct.unpack("=9i", bytes(sd)[:36])
+            return m[0] * m[4] - m[1] * m[3] < 0
+    return False
+
+
+def _geometry(path: str, stream, frame) -> Geometry:
+    """The geometry of ``stream`` from its first decoded ``frame`` (display matrix side data and SAR)."""
+    if _mirrored(frame):
+        raise DecodeError(path, "the display matrix mirrors the picture (a flip), which is not supported")
+    angle = float(getattr(frame, "rotation", 0) or 0)
+    rotation = int(round(angle / 90.0)) * 90 % 360
+    if abs(angle - round(angle / 90.0) * 90) > 1.0:
+        raise DecodeError(path, f"display rotation of {angle:g} degrees is not a multiple of 90")
+    sar = _sar_of(stream)
+    if not SAR_RANGE[0] <= sar <= SAR_RANGE[1]:
+        raise DecodeError(path, f"implausible sample aspect ratio {sar:g} (corrupt header?)")
+    return Geometry(int(frame.width), int(frame.height), rotation, sar)
+
+
+def _decord_risk(geom: Geometry, declared_size: Tuple[int, int], expected_frames: float, file_size: int) -> Optional[str]:
+    """Why decord must not open this file (it would allocate from a lying header, or mishandle
+    rotation), or None. ``expected_frames`` is the count decord derives from the header."""
+    if geom.rotation:
+        return f"display rotation {geom.rotation}"  # decord 0.6 swaps the sides but not the frames
+    if declared_size != (geom.coded_width, geom.coded_height):
+        return f"the header declares {declared_size[0]}x{declared_size[1]}, the frames are {geom.coded_width}x{geom.coded_height}"
+    if declared_size[0] * declared_size[1] > _DECORD_MAX_PIXELS:
+        return f"frames of {declared_size[0]}x{declared_size[1]}"
+    if not math.isfinite(expected_frames) or expected_frames < 0:
+        return "no frame count or frame rate in the header"
+    # Every frame takes at least one byte of the file.
+    if expected_frames > min(file_size, _DECORD_MAX_FRAMES):
+        return f"the header implies {expected_frames:.4g} frames in {file_size} bytes"
+    return None
+
+
+def _decord_expected_frames(stream, container) -> float:
+    """The frame count decord reserves for: the header's, else average fps × container duration."""
+    if stream.frames and stream.frames > 0:
+        return float(stream.frames)
+    rate = stream.average_rate
+    if not rate or container.duration is None:
+        return 0.0 if container.duration is None else math.inf
+    return float(rate) * container.duration / 1_000_000.0
+
+
+def _first_frame(container, stream, path: str):
+    import av
+
+    try:
+        container.seek(0, stream=stream)
+        for frame in container.decode(stream):
+            return frame
+    except av.error.FFmpegError as e:
+        raise DecodeError(path, f"no video frame could be decoded ({type(e).__name__}: {e})") from None
+    raise DecodeError(path, "no video frame could be decoded")
+
+
+def geometry_info(path: str | os.PathLike) -> Dict[str, Any]:
+    """The keys :func:`read_clip` needs beyond a manifest row, read cheaply (header and first frame):
+    ``width``/``height`` (display), ``coded_width``, ``coded_height``, ``rotation``,
+    ``sample_aspect_ratio`` and ``decord_risk`` (why decord must not open the file, or None).
 
     Raises:
-        DecodeError: missing, empty, corrupt, truncated or non-video file.
+        DecodeError: the file cannot be opened or its first frame cannot be decoded.
+    """
+    path = os.fspath(path)
+    _require_file(path)
+    container = _open_container(path)
+    try:
+        if not container.streams.video:
+            raise DecodeError(path, "no video stream")
+        vs = container.streams.video[0]
+        geom = _geometry(path, vs, _first_frame(container, vs, path))
+        declared = (int(vs.codec_context.width), int(vs.codec_context.height))
+        risk = _decord_risk(geom, declared, _decord_expected_frames(vs, container), os.path.getsize(path))
+        return {**geom.to_info(), "decord_risk": risk}
+    finally:
+        container.close()
+
+
+GEOMETRY_KEYS = ("coded_width", "coded_height", "rotation", "sample_aspect_ratio", "decord_risk")
+
+
+def probe(path: str | os.PathLike) -> Dict[str, Any]:
+    """Read a file's metadata, check it against the file's packets, and check that a frame decodes.
+
+    Returns a dict with ``duration`` (s), ``fps``, ``width``, ``height`` (the upright, square-pixel
+    display size), ``num_frames``, ``has_audio``, ``audio_rate`` (None without audio), ``video_codec``,
+    ``audio_codec``, ``start_time``, and the geometry: ``coded_width``, ``coded_height``, ``rotation``
+    (display rotation, degrees counterclockwise), ``sample_aspect_ratio``; ``decord_risk`` says why
+    decord must not open the file (None when it may). ``duration`` is the video stream's, measured
+    from its packets where the header says more.
+
+    Raises:
+        DecodeError: missing, empty, corrupt or truncated file, no video, or a header that lies about
+            the file's length (its frame count or duration far beyond the packets it holds).
     """
     import av
 
@@ -115,25 +291,34 @@ def probe(path: str | os.PathLike) -> Dict[str, Any]:
         vs = container.streams.video[0]
         rate = vs.average_rate or vs.guessed_rate or vs.base_rate
         fps = float(rate) if rate else 0.0
-        width, height = int(vs.codec_context.width), int(vs.codec_context.height)
-        if width <= 0 or height <= 0:
+        declared_size = (int(vs.codec_context.width), int(vs.codec_context.height))
+        if declared_size[0] <= 0 or declared_size[1] <= 0:
             raise DecodeError(path, "video stream has no frame size")
         num_frames = int(vs.frames or 0)
-        # Demux (no decode) when the container has no frame count; this also finds truncation
-        # of the packet data that the header alone does not show.
-        first_frame_ok = False
+        # Demux every stream (no decoding but the first frame): this counts the video's frames, finds
+        # truncation the header alone does not show, and measures how much time the packets cover.
+        first = None
+        counted = 0
+        last_end = None
+        data_lo = data_hi = None
         try:
-            counted = 0
-            last_end = None
-            for packet in container.demux(vs):
+            for packet in container.demux():
                 if packet.size == 0 and packet.pts is None:
-                    continue  # the demuxer's end-of-stream flush packet
+                    continue  # a demuxer's end-of-stream flush packet
+                stamp = packet.pts if packet.pts is not None else packet.dts
+                if stamp is not None and packet.time_base is not None:
+                    lo = float(stamp * packet.time_base)
+                    hi = float((stamp + (packet.duration or 0)) * packet.time_base)
+                    data_lo = lo if data_lo is None else min(data_lo, lo)
+                    data_hi = hi if data_hi is None else max(data_hi, hi)
+                if packet.stream.index != vs.index:
+                    continue
                 counted += 1  # empty packets with a time (AVI "drop" entries) are frames the header counts
                 if packet.size == 0:
                     continue
-                if not first_frame_ok:
-                    for _ in packet.decode():
-                        first_frame_ok = True
+                if first is None:
+                    for frame in packet.decode():
+                        first = frame
                         break
                 if packet.pts is not None and packet.time_base is not None:
                     end = float((packet.pts + (packet.duration or 0)) * packet.time_base)
@@ -142,20 +327,24 @@ def probe(path: str | os.PathLike) -> Dict[str, Any]:
             raise DecodeError(path, f"truncated or corrupt video data ({type(e).__name__}: {e})") from None
         if counted == 0:
             raise DecodeError(path, "video stream has no frames")
-        if not first_frame_ok:
-            # Some decoders hold the first frame back until flushed.
-            try:
-                container.seek(0, stream=vs)
-                for _ in container.decode(vs):
-                    first_frame_ok = True
-                    break
-            except av.error.FFmpegError:
-                first_frame_ok = False  # reported just below
-        if not first_frame_ok:
-            raise DecodeError(path, "no video frame could be decoded")
+        if first is None:
+            first = _first_frame(container, vs, path)  # some decoders hold the first frame back until flushed
         # AVI headers written by ffmpeg count one frame more than they hold: allow that one.
         if num_frames > counted + 1:
             raise DecodeError(path, f"truncated: the header lists {num_frames} frames, {counted} are present")
+        span = (data_hi - data_lo) if data_hi is not None else math.inf  # no timestamps: nothing to compare
+        header_seconds = max(
+            (container.duration or 0) / 1_000_000.0,
+            float(vs.duration * vs.time_base) if vs.duration is not None and vs.time_base is not None else 0.0,
+        )
+        if header_seconds > _DURATION_SLACK[0] * span + _DURATION_SLACK[1]:
+            raise DecodeError(
+                path,
+                f"the header declares a duration of {header_seconds:.6g} s but the packets cover {span:.3f} s "
+                "(corrupt header or truncated file)",
+            )
+        geom = _geometry(path, vs, first)
+        risk = _decord_risk(geom, declared_size, _decord_expected_frames(vs, container), os.path.getsize(path))
         num_frames = counted
         duration = _stream_duration(vs, container)
         start_time = float(vs.start_time * vs.time_base) if vs.start_time is not None else 0.0
@@ -172,8 +361,7 @@ def probe(path: str | os.PathLike) -> Dict[str, Any]:
         return {
             "duration": float(duration),
             "fps": float(fps),
-            "width": width,
-            "height": height,
+            **geom.to_info(),
             "num_frames": int(num_frames),
             "has_audio": has_audio,
             "audio_rate": audio_rate,
@@ -181,6 +369,7 @@ def probe(path: str | os.PathLike) -> Dict[str, Any]:
             "audio_codec": container.streams.audio[0].codec_context.name if has_audio else None,
             # Clip times count from the first video frame; this is that frame's time in the container.
             "start_time": start_time,
+            "decord_risk": risk,
         }
     finally:
         container.close()
@@ -212,11 +401,12 @@ def _frames_at(times: np.ndarray, frame_starts: np.ndarray) -> np.ndarray:
     return np.clip(idx, 0, len(frame_starts) - 1)
 
 
-def _read_video_decord(path: str, times: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+def _read_video_decord(path: str, times: np.ndarray, size: Tuple[int, int]) -> Tuple[np.ndarray, np.ndarray]:
+    """Frames at ``times`` scaled to ``size`` = (width, height); never for rotated files (see _decord_risk)."""
     import decord
 
     try:
-        vr = decord.VideoReader(path, ctx=decord.cpu(0), num_threads=1)
+        vr = decord.VideoReader(path, ctx=decord.cpu(0), num_threads=1, width=size[0], height=size[1])
     except Exception as e:  # noqa: BLE001 - decord raises its own DECORDError or RuntimeError
         raise DecodeError(path, f"decord could not open ({e})") from None
     try:
@@ -238,7 +428,10 @@ def _read_video_decord(path: str, times: np.ndarray) -> Tuple[np.ndarray, np.nda
         del vr
 
 
-def _read_video_pyav(path: str, times: np.ndarray, origin: float = 0.0) -> Tuple[np.ndarray, np.ndarray]:
+def _read_video_pyav(
+    path: str, times: np.ndarray, origin: float = 0.0, size: Optional[Tuple[int, int]] = None
+) -> Tuple[np.ndarray, np.ndarray]:
+    """Frames at ``times`` (RGB, scaled to ``size`` = (width, height) when given), and their times."""
     import av
 
     container = _open_container(path)
@@ -265,7 +458,10 @@ def _read_video_pyav(path: str, times: np.ndarray, origin: float = 0.0) -> Tuple
                 if ts <= t0 and starts and starts[-1] <= ts:
                     starts, images = [], []
                 starts.append(ts)
-                images.append(frame.to_ndarray(format="rgb24"))
+                if size is None:
+                    images.append(frame.to_ndarray(format="rgb24"))
+                else:
+                    images.append(frame.to_ndarray(format="rgb24", width=size[0], height=size[1]))
                 if ts > t1:
                     break
         except av.error.FFmpegError as e:
@@ -359,12 +555,14 @@ def read_clip(
             holds, as for a 1-frame video).
         audio: also decode the audio of the window (mono, ``audio_rate`` Hz).
         backend: ``"decord"`` (falls back to PyAV if decord cannot read the file) or ``"pyav"``.
-        info: a :func:`probe` result for the file, to skip probing again.
+        info: a :func:`probe` result for the file, to skip probing again (a dict without the geometry
+            keys, e.g. a manifest row's fields, gets them from :func:`geometry_info`).
         audio_start: start of the audio window when it differs from the video's (audio-visual offsets);
             the audio window has the same duration and is clamped to the file.
 
     Returns:
-        :class:`Clip` with ``video`` uint8 T×H×W×3 and ``audio`` float32 1×S or None.
+        :class:`Clip` with ``video`` uint8 T×H×W×3, upright with square pixels (H×W is the display size
+        :func:`probe` reports), and ``audio`` float32 1×S or None.
 
     Raises:
         DecodeError: the file is missing, corrupt, truncated or not a video.
@@ -382,14 +580,22 @@ def read_clip(
     times = sample_times(start, max(duration, 1e-6), num_frames)
 
     origin = float(info.get("start_time", 0.0))
+    if any(k not in info for k in GEOMETRY_KEYS):  # e.g. a manifest row's fields
+        info = {**info, **geometry_info(path)}
+    geom = Geometry.from_info(info)
     frames = stamps = None
     if backend == "decord":
-        try:
-            frames, stamps = _read_video_decord(path, times)
-        except DecodeError as e:
-            log.debug("decord failed on %s (%s); falling back to PyAV", path, e.reason)
+        if info["decord_risk"]:
+            # decord could abort the process (or return sideways frames): PyAV reads this file.
+            log.debug("reading %s with PyAV, not decord: %s", path, info["decord_risk"])
+        else:
+            try:
+                frames, stamps = _read_video_decord(path, times, geom.scaled_size)
+            except DecodeError as e:
+                log.debug("decord failed on %s (%s); falling back to PyAV", path, e.reason)
     if frames is None:
-        frames, stamps = _read_video_pyav(path, times, origin)
+        frames, stamps = _read_video_pyav(path, times, origin, geom.scaled_size)
+    frames = geom.upright(frames)
 
     wave = None
     if audio and info.get("has_audio"):
@@ -417,4 +623,6 @@ def is_decodable(path: str | os.PathLike) -> bool:
         return False
 
 
-__all__: Sequence[str] = ["DecodeError", "Clip", "probe", "read_clip", "read_audio", "clamp_window", "sample_times"]
+__all__: Sequence[str] = [
+    "DecodeError", "Clip", "Geometry", "probe", "geometry_info", "read_clip", "read_audio", "clamp_window", "sample_times",
+]

@@ -17,19 +17,33 @@ Guarantees:
   interrupted run never leaves a partial file under a final name;
 * a rerun skips outputs that exist and probe OK (and are newer than their source), and redoes the rest;
 * each file is handled in a worker process with a time limit: a corrupt file, a hang or a crash of the
-  decoder (even a segfault) marks that one file bad and the run goes on.
+  decoder (even a segfault) marks that one file bad and the run goes on;
+* workers die with the run: killed with it (even by ``kill -9``, through a parent-death signal on Linux),
+  and stopped by it on SIGTERM, which also removes partial outputs and the lock before the run exits
+  by that signal;
+* one run at a time per output folder: a lock file, complete with its pid before it becomes visible,
+  and held with ``flock`` so that the kernel releases it when its holder dies;
+* a file that cannot be written (read-only or full output folder) stops the run with one error naming
+  it: it is not a property of the source, so no source is ever listed as bad for it;
+* videos come out upright with square pixels: a display rotation and a non-square sample aspect ratio
+  are applied (and listed under ``corrected`` in the report), or, with ``geometry="refuse"``, such a
+  file is listed as bad with the reason.
 
 Everything is done with PyAV (no ffmpeg binary needed).
 """
 from __future__ import annotations
 
+import contextlib
+import errno
 import glob
 import json
+import logging
 import math
 import multiprocessing as mp
 import os
 import signal
 import sys
+import threading
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -47,9 +61,13 @@ from avssl.data.manifest import (
     scan_folder,
     write_manifest,
 )
+from avssl.errors import UserError
 from avssl.utils import atomic_write_text
 
+log = logging.getLogger(__name__)
+
 AUDIO_FORMATS = ("wav", "flac")
+GEOMETRY_MODES = ("fix", "refuse")
 #: Sample rates the AAC encoder takes; other source rates are resampled to ``audio_rate``.
 _AAC_RATES = (8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000, 64000, 88200, 96000)
 _PART = ".avssl-part"  # marks temporary outputs (hidden names: readers skip them)
@@ -58,6 +76,35 @@ _X264 = {"crf": "23", "preset": "veryfast"}
 #: Transcoding may take this many seconds per second of video on top of ``timeout`` before it is
 #: taken for a hang (generous: a slow machine decoding 4K is still well within it).
 _SECONDS_PER_SECOND = 20.0
+
+
+# ---------------------------------------------------------------------------------------------
+# errors a user sees
+# ---------------------------------------------------------------------------------------------
+class PrepError(UserError, ValueError):
+    """A mistake in how a prep run was asked for: its arguments, source or output folder."""
+
+
+class PrepLockedError(PrepError, RuntimeError):
+    """Another prep run holds the output folder."""
+
+
+class OutputError(UserError, OSError):
+    """An output file or folder cannot be written (read-only, full, gone); it stops the run."""
+
+    def __init__(self, path: str, reason: str) -> None:
+        self.path, self.reason = path, reason
+        super().__init__(f"cannot write {path}: {reason}")
+
+    def __reduce__(self):  # crosses the worker pipe with both arguments
+        return (OutputError, (self.path, self.reason))
+
+    def __str__(self) -> str:
+        return f"cannot write {self.path}: {self.reason}"
+
+
+#: errno values that say the output side failed, whatever file the decoder was reading.
+_OUTPUT_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -199,8 +246,12 @@ def _transcode(
     threads: int,
     with_audio: bool = True,
     source_duration: Optional[float] = None,
+    geometry: Optional[decoding.Geometry] = None,
 ) -> Dict[str, Any]:
     """Decode ``src`` once; write the re-encoded video (when ``video_dst``) and the audio file.
+
+    The video comes out upright with square pixels: frames are scaled to the ``geometry``'s display
+    aspect (short side ``short_side``), then turned by its display rotation.
 
     Times count from the first video frame (as :func:`avssl.data.decoding.read_clip` does); the window
     ``[start, end)`` is cut exactly. Video frames go out at a constant rate (``fps``, or the source's
@@ -239,7 +290,10 @@ def _transcode(
         if video_dst is not None:
             vcont = av.open(video_dst, mode="w", format="mp4")
             outputs.append(vcont)
-            width, height = output_size(vin.codec_context.width, vin.codec_context.height, short_side)
+            geom = geometry or decoding.Geometry(vin.codec_context.width, vin.codec_context.height)
+            width, height = output_size(*geom.display_size, short_side)
+            turns = geom.rotation // 90
+            scaled_size = (height, width) if turns % 2 else (width, height)  # before turning upright
             vout = vcont.add_stream("libx264", rate=out_rate)
             vout.width, vout.height, vout.pix_fmt = width, height, "yuv420p"
             vout.options = dict(_X264)
@@ -277,13 +331,15 @@ def _transcode(
                 if prev[2] is None:
                     scaled = scaler.reformat(
                         prev[1],
-                        width=vout.width,
-                        height=vout.height,
+                        width=scaled_size[0],
+                        height=scaled_size[1],
                         format="yuv420p",
                         interpolation="BICUBIC",
                         # Full-range (JPEG) sources must be mapped to the limited range yuv420p means.
                         dst_color_range=av.video.reformatter.ColorRange.MPEG,
                     )
+                    if turns:
+                        scaled = _turn_yuv420p(scaled, turns)
                     prev = (prev[0], None, scaled)
                 frame = prev[2]
                 frame.pts = k
@@ -347,6 +403,24 @@ def _transcode(
             c.close()
         inp.close()
     return stats
+
+
+def _turn_yuv420p(frame, turns: int):
+    """``frame`` (yuv420p, even sides) turned ``turns`` quarter turns counterclockwise, plane by plane
+    (exact: no colour conversion, no resampling)."""
+    import av
+
+    w, h = frame.width, frame.height
+    flat = frame.to_ndarray().reshape(-1)  # Y, then U, then V, each row-major
+    y_end, c_size = w * h, (w // 2) * (h // 2)
+    planes = (
+        flat[:y_end].reshape(h, w),
+        flat[y_end : y_end + c_size].reshape(h // 2, w // 2),
+        flat[y_end + c_size : y_end + 2 * c_size].reshape(h // 2, w // 2),
+    )
+    turned = [np.rot90(p, turns) for p in planes]
+    data = np.concatenate([p.reshape(-1) for p in turned]).reshape(-1, turned[0].shape[1])
+    return av.VideoFrame.from_ndarray(data, format="yuv420p")
 
 
 def _source_rate(vin) -> Fraction:
@@ -440,13 +514,16 @@ def _process(job: Dict[str, Any], s: Dict[str, Any], stage: Callable[[str, float
     describes the source itself (its window, if any, kept in ``start``/``end``) and only audio is written.
     """
     src = job["source"]
+    src_info = decoding.probe(src)
+    geom = decoding.Geometry.from_info(src_info)
+    if not geom.is_identity and s["geometry"] == "refuse":
+        raise decoding.DecodeError(src, f"{_geometry_text(geom)} would need correcting; refused (strict geometry)")
     if s["check_only"]:
-        return {"status": "ok", "info": decoding.probe(src)}
+        return {"status": "ok", "info": src_info}
 
     warnings: List[str] = []
     audio_out = job["audio_out"]
     reencode = job["video_out"] is not None
-    src_info = decoding.probe(src)
     start, end = _window(job, s, src_info["duration"], warnings)
     job = dict(job, start=start, end=end)
     span = (src_info["duration"] if end is None else end) - (start or 0.0)
@@ -486,9 +563,34 @@ def _process(job: Dict[str, Any], s: Dict[str, Any], stage: Callable[[str, float
         end=job["end"],
     )
     result: Dict[str, Any] = {"status": status, "warnings": warnings, "row": row.to_dict()}
+    if reencode and not geom.is_identity:
+        result["corrected"] = {
+            "rotation": geom.rotation,
+            "sample_aspect_ratio": _ratio_text(geom.sar),
+            "coded_size": [geom.coded_width, geom.coded_height],
+            "display_size": list(geom.display_size),
+            "output_size": [row.width, row.height],
+            "correction": _geometry_text(geom),
+        }
     if s["audio_stats"] and audio_path is not None:
         result["audio_stats"] = _stats_for(audio_path, s["audio_rate"])
     return result
+
+
+def _ratio_text(x: float) -> str:
+    r = Fraction(x).limit_denominator(1000)
+    return f"{r.numerator}:{r.denominator}"
+
+
+def _geometry_text(geom: decoding.Geometry) -> str:
+    """What turning ``geom``'s frames upright and square takes, in words."""
+    parts = []
+    if geom.rotation:
+        parts.append(f"display rotation {geom.rotation}° counterclockwise")
+    if geom.scaled_size != (geom.coded_width, geom.coded_height):
+        parts.append(f"sample aspect ratio {_ratio_text(geom.sar)} ({geom.coded_width}x{geom.coded_height} coded, "
+                     f"{geom.display_size[0]}x{geom.display_size[1]} displayed)")
+    return " and ".join(parts)
 
 
 def _remove(path: Optional[str]) -> None:
@@ -500,9 +602,6 @@ def _write_outputs(job: Dict[str, Any], s: Dict[str, Any], src_info: Dict[str, A
     """Write the job's video (when ``video``) and audio through temporary files, then move them into
     place, the video last (an existing video marks a finished job). Returns warnings."""
     src, v_final, a_final = job["source"], job["video_out"] if video else None, job["audio_out"]
-    for p in (v_final, a_final):
-        if p:
-            os.makedirs(os.path.dirname(p), exist_ok=True)
     v_tmp = _temp_path(v_final) if v_final else None
     a_tmp = _temp_path(a_final) if a_final else None
     warnings: List[str] = []
@@ -515,9 +614,18 @@ def _write_outputs(job: Dict[str, Any], s: Dict[str, Any], src_info: Dict[str, A
         audio_format=s["audio_format"],
         threads=s["threads"],
         source_duration=src_info["duration"],
+        geometry=decoding.Geometry.from_info(src_info),
     )
     try:
-        stats = _transcode(src, v_tmp, a_tmp, **kwargs)
+        for p in (v_tmp, a_tmp):
+            if p:
+                _claim_output(p)
+        try:
+            stats = _transcode(src, v_tmp, a_tmp, **kwargs)
+        except OSError as e:
+            if e.errno in _OUTPUT_ERRNOS:  # a full or read-only disk says nothing about the source
+                raise OutputError(os.path.dirname(v_tmp or a_tmp), e.strerror or str(e)) from None
+            raise
         if src_info["has_audio"] and not stats["audio_written"] and v_tmp:
             # An audio track with nothing decodable in the window: keep the video, without sound.
             warnings.append("the audio track has no decodable samples in the window; written without audio")
@@ -525,25 +633,62 @@ def _write_outputs(job: Dict[str, Any], s: Dict[str, Any], src_info: Dict[str, A
                 _remove(p)
             stats = _transcode(src, v_tmp, None, with_audio=False, **kwargs)
         warnings += stats["warnings"]
-        if a_tmp and os.path.exists(a_tmp):
-            if stats["audio_written"]:
-                os.replace(a_tmp, a_final)
-            else:
-                os.remove(a_tmp)
-        if v_tmp:
-            os.replace(v_tmp, v_final)
+        try:
+            if a_tmp and os.path.exists(a_tmp):
+                if stats["audio_written"]:
+                    os.replace(a_tmp, a_final)
+                else:
+                    os.remove(a_tmp)
+            if v_tmp:
+                os.replace(v_tmp, v_final)
+        except OSError as e:
+            raise OutputError(os.path.dirname(e.filename or v_final or a_final), e.strerror or str(e)) from None
     finally:
         for p in (v_tmp, a_tmp):
-            _remove(p)
+            with contextlib.suppress(OSError):
+                _remove(p)
     return warnings
+
+
+def _claim_output(path: str) -> None:
+    """Create the (temporary) output ``path`` and its folders now: a folder that cannot be written is
+    then told apart from a bad source, as an :class:`OutputError` that stops the run."""
+    folder = os.path.dirname(path)
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except OSError as e:
+        raise OutputError(str(e.filename or folder), e.strerror or str(e)) from None
+    try:
+        with open(path, "wb"):
+            pass
+    except OSError as e:
+        raise OutputError(folder, e.strerror or str(e)) from None
 
 
 # ---------------------------------------------------------------------------------------------
 # worker pool with per-file isolation
 # ---------------------------------------------------------------------------------------------
-def _worker_main(conn, fn: Callable, settings: Dict[str, Any]) -> None:
-    # Ctrl-C reaches the whole process group; the parent decides and stops the workers itself.
+def _die_with_parent(parent_pid: int) -> None:
+    """Have the kernel SIGKILL this process when its parent dies, however it dies (Linux)."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        pr_set_pdeathsig = 1
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, int(signal.SIGKILL), 0, 0, 0)
+    if os.getppid() != parent_pid:  # the parent died before the request: nothing will signal us
+        os._exit(1)
+
+
+def _worker_main(conn, fn: Callable, settings: Dict[str, Any], parent_pid: int, inherited: Sequence[Any] = ()) -> None:
+    _die_with_parent(parent_pid)
+    # A forked worker holds copies of the parent's pipe ends (its own and the other workers'): closed,
+    # the parent's death reads as end-of-file here even where no parent-death signal exists.
+    for c in inherited:
+        c.close()
+    # Ctrl-C reaches the whole process group; the parent decides and stops the workers itself. SIGTERM
+    # ends a worker at once (not through the parent's handler, which a fork copies).
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     while True:
         try:
             msg = conn.recv()
@@ -558,6 +703,8 @@ def _worker_main(conn, fn: Callable, settings: Dict[str, Any]) -> None:
 
         try:
             result = fn(job, settings, stage)
+        except OutputError as e:  # the output side failed, not the file: the parent stops the run
+            result = {"status": "output_error", "error": e}
         except Exception as e:  # noqa: BLE001 - every per-file failure is reported, never fatal
             result = {"status": "bad", "reason": _error_text(e)}
         try:
@@ -599,15 +746,21 @@ def run_isolated(
     more seconds from then. A job that overruns is killed; a worker that dies (crash, signal,
     ``os._exit``) reports its job as bad; either way a fresh worker takes its place. Results come to
     ``on_result(index, result)`` in completion order; ``on_lost(index)`` runs after a killed or crashed
-    job (to clean up), ``on_tick()`` at least every 0.2 s.
+    job (to clean up), ``on_tick()`` at least every 0.2 s. An :class:`OutputError` raised by ``fn``
+    (the output cannot be written) stops the run: it is raised here once the workers are stopped.
+
+    Workers never outlive this call: they are stopped when it returns or raises (SIGTERM included, see
+    :func:`prepare`), and on Linux the kernel kills them if this process dies (even by SIGKILL).
     """
     ctx = _mp_context()
+    forking = ctx.get_start_method() == "fork"
     pending = deque(range(len(jobs)))
     pool: List[_Worker] = []
 
     def spawn() -> _Worker:
         parent, child = ctx.Pipe(duplex=True)
-        proc = ctx.Process(target=_worker_main, args=(child, fn, settings), daemon=True)
+        inherited = [parent] + [w.conn for w in pool] if forking else []
+        proc = ctx.Process(target=_worker_main, args=(child, fn, settings, os.getpid(), inherited), daemon=True)
         proc.start()
         child.close()
         return _Worker(proc, parent)
@@ -668,6 +821,8 @@ def run_isolated(
                     else:
                         idx = w.job
                         w.job, w.stage, w.deadline = None, "idle", math.inf
+                        if msg[2].get("status") == "output_error":
+                            raise msg[2]["error"]
                         on_result(idx, msg[2])
                 elif time.monotonic() > w.deadline:
                     retire(w, f"timed out while {w.stage} (no result within the time limit)")
@@ -736,36 +891,120 @@ def _plan(rows: List[ManifestRow], src: str, out: str, s: Dict[str, Any], reenco
     return jobs
 
 
-def _acquire_lock(out: str) -> str:
+def _try_flock(fd: int) -> Optional[bool]:
+    """Take an exclusive flock without waiting: True taken, False held elsewhere, None unsupported here."""
+    import fcntl
+
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except BlockingIOError:
+        return False
+    except OSError as e:
+        if e.errno in (errno.ENOLCK, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL):
+            return None  # e.g. Lustre mounted without flock
+        raise
+
+
+def _same_file(fd: int, path: str) -> bool:
+    try:
+        a, b = os.fstat(fd), os.stat(path)
+    except FileNotFoundError:
+        return False
+    return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _acquire_lock(out: str) -> int:
+    """Make this process the only prep run writing to ``out``; returns the lock's file descriptor.
+
+    The lock file is written (pid, then ``flock`` when held that way) and flocked under a temporary
+    name, then linked to ``.avssl-prep.lock``, which fails if a lock exists: a reader never sees a
+    lock without its pid. An existing lock is alive while its flock is held (the kernel drops it when
+    the holder dies, whatever its pid later becomes) or, for a lock written without flock (a file
+    system without locks, an older avssl), while its pid runs. A dead one is replaced in one rename,
+    done while holding its flock, so two runs that find it together cannot both take it over (on a file
+    system without flock, that last step is not protected).
+
+    Raises:
+        PrepLockedError: another run holds the lock.
+        OutputError: ``out`` is not writable.
+    """
     path = os.path.join(out, _LOCK)
-    for _ in range(2):
-        try:
-            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-        except FileExistsError:
+    tmp = os.path.join(out, f"{_LOCK}.{os.getpid()}.tmp")
+    try:
+        fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+    except OSError as e:
+        raise OutputError(out, f"the output folder is not writable ({e.strerror})") from None
+    try:
+        flocked = _try_flock(fd)
+        os.write(fd, f"{os.getpid()}\n{'flock' if flocked else ''}\n".encode())
+        for _ in range(100):
             try:
-                with open(path) as f:
-                    pid = int(f.read().strip() or 0)
-            except (OSError, ValueError):
-                pid = 0
-            alive = False
-            if pid > 0 and pid != os.getpid():
-                try:
-                    os.kill(pid, 0)
-                    alive = True
-                except ProcessLookupError:
-                    alive = False
-                except PermissionError:
-                    alive = True
-            if alive:
-                raise RuntimeError(
-                    f"another `avssl prep` (pid {pid}) is writing to {out}; if it is not, remove {path}"
-                ) from None
-            os.remove(path)  # left by a run that died
-            continue
-        with os.fdopen(fd, "w") as f:
-            f.write(str(os.getpid()))
-        return path
-    raise RuntimeError(f"could not take the lock {path}")
+                os.link(tmp, path)
+                return fd
+            except FileExistsError:
+                pass
+            if _take_over(path, tmp):
+                return fd
+        raise PrepLockedError(f"could not take the lock {path}: it keeps changing")
+    except BaseException:
+        os.close(fd)
+        raise
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(tmp)
+
+
+def _take_over(path: str, tmp: str) -> bool:
+    """Replace the lock at ``path`` by ``tmp`` if its holder is gone. False: look again (it changed)."""
+    try:
+        other = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return False  # released meanwhile
+    try:
+        text = os.read(other, 256).decode("ascii", "replace").split()
+        pid = int(text[0]) if text and text[0].isdigit() else None
+        # Its flock: held by its owner while it lives (a lock written with flock), and by whoever is
+        # taking a dead lock over (any lock), so that only one run can.
+        got = _try_flock(other)
+        if "flock" in text[1:]:
+            alive = got is False or (got is None and pid is not None and _pid_alive(pid))
+        else:
+            if got is False:
+                return False  # another run is taking this dead lock over: look again
+            young = time.time() - os.fstat(other).st_mtime < 5.0  # an older avssl writes its pid just after
+            alive = (pid is not None and pid != os.getpid() and _pid_alive(pid)) or (pid is None and young)
+        if not _same_file(other, path):
+            return False  # replaced meanwhile
+        if alive:
+            who = f"pid {pid}" if pid is not None else "pid unknown"
+            raise PrepLockedError(
+                f"another `avssl prep` ({who}) is writing to {os.path.dirname(path)}; if none is, remove {path}"
+            )
+        os.replace(tmp, path)  # its holder is gone: ours, complete and flocked, takes its place
+        return True
+    finally:
+        os.close(other)
+
+
+def _release_lock(out: str, fd: int) -> None:
+    """Remove the lock (while still holding it, so that no one can take the old file) and close it."""
+    path = os.path.join(out, _LOCK)
+    try:
+        if _same_file(fd, path):
+            os.remove(path)
+    finally:
+        os.close(fd)
 
 
 def _clean_stale_partials(out: str) -> int:
@@ -774,8 +1013,9 @@ def _clean_stale_partials(out: str) -> int:
         for dirpath, _, filenames in os.walk(os.path.join(out, sub)):
             for name in filenames:
                 if name.startswith(".") and _PART in name:
-                    os.remove(os.path.join(dirpath, name))
-                    n += 1
+                    with contextlib.suppress(OSError):  # a read-only folder: reported by the run itself
+                        os.remove(os.path.join(dirpath, name))
+                        n += 1
     return n
 
 
@@ -786,6 +1026,44 @@ def _default_workers() -> int:
         return max(1, os.cpu_count() or 1)
 
 
+class _Terminated(BaseException):
+    """SIGTERM arrived during a run: unwinds it (workers stopped, partial files and lock removed)."""
+
+
+def _unwinds_on_sigterm(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Run ``fn`` with SIGTERM turned into an exception (main thread only), so that its ``finally``
+    blocks stop the workers and remove partial outputs and the lock; then the signal takes its course
+    (the process ends by it, or the caller's own handler runs). A caller that ignores SIGTERM keeps it so."""
+    import functools
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        if threading.current_thread() is not threading.main_thread():
+            return fn(*args, **kwargs)
+        previous = signal.getsignal(signal.SIGTERM)
+        if previous in (signal.SIG_IGN, None):
+            return fn(*args, **kwargs)
+
+        def on_term(signum: int, frame: Any) -> None:
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second one must not cut the cleanup short
+            raise _Terminated(signum)
+
+        signal.signal(signal.SIGTERM, on_term)
+        try:
+            return fn(*args, **kwargs)
+        except _Terminated:
+            log.error("avssl prep stopped by SIGTERM; partial outputs removed, finished ones kept")
+            signal.signal(signal.SIGTERM, previous)
+            os.kill(os.getpid(), signal.SIGTERM)  # SIG_DFL ends the process here, by the signal
+            raise InterruptedError("avssl prep was stopped by SIGTERM") from None
+        finally:
+            if signal.getsignal(signal.SIGTERM) in (on_term, signal.SIG_IGN):
+                signal.signal(signal.SIGTERM, previous)
+
+    return wrapper
+
+
+@_unwinds_on_sigterm
 def prepare(
     src: str | os.PathLike,
     out: Optional[str | os.PathLike] = None,
@@ -802,6 +1080,7 @@ def prepare(
     audio_stats: bool = False,
     timeout: float = 60.0,
     report_path: Optional[str | os.PathLike] = None,
+    geometry: str = "fix",
 ) -> Dict[str, Any]:
     """Prepare a video corpus (or, with ``check_only``, just check it). Returns the report dict.
 
@@ -826,31 +1105,42 @@ def prepare(
         timeout: seconds a file may take to probe; transcoding gets ``timeout`` plus 20 s per second of
             video. A file that overruns is recorded as bad.
         report_path: also write the JSON report here (with ``check_only``, the only file written).
+        geometry: ``"fix"`` writes videos with a display rotation or non-square pixels upright and
+            square (listed under ``corrected``); ``"refuse"`` lists them as bad files with the reason.
 
     Returns:
         The report: ``counts`` (``total``, ``ok``, ``skipped_existing``, ``bad``, ``no_audio``),
-        ``bad_files`` (``path``, ``reason``), ``warnings``, ``settings``, ``wall_time_s``,
-        ``videos_per_s``, and the output paths (``manifest``, ``report``).
+        ``bad_files`` (``path``, ``reason``), ``corrected`` (``path``, ``rotation``,
+        ``sample_aspect_ratio``, ``coded_size``, ``display_size``, ``output_size``, ``correction``), ``warnings``,
+        ``settings``, ``wall_time_s``, ``videos_per_s``, and the output paths (``manifest``, ``report``).
+
+    Raises:
+        PrepError: a bad argument, a missing source, an output inside the source.
+        PrepLockedError: another run is writing to ``out``.
+        OutputError: ``out`` (or a file under it) cannot be written; the run stops, no source is
+            blamed, and finished outputs stay.
     """
     t_start = time.perf_counter()
     src = os.path.abspath(os.fspath(src))
     if not os.path.isdir(src):
-        raise NotADirectoryError(f"source folder not found: {src}")
+        raise PrepError(f"source folder not found: {src}")
     if short_side is not None and (short_side < 2 or short_side % 2):
-        raise ValueError(f"short_side must be an even number >= 2 (H.264 yuv420p needs even sizes), got {short_side}")
+        raise PrepError(f"short_side must be an even number >= 2 (H.264 yuv420p needs even sizes), got {short_side}")
     if fps is not None and fps <= 0:
-        raise ValueError(f"fps must be positive, got {fps}")
+        raise PrepError(f"fps must be positive, got {fps}")
     if audio_format is not None and audio_format not in AUDIO_FORMATS:
-        raise ValueError(f"audio_format must be one of {AUDIO_FORMATS} or None, got {audio_format!r}")
+        raise PrepError(f"audio_format must be one of {AUDIO_FORMATS} or None, got {audio_format!r}")
     if audio_rate <= 0:
-        raise ValueError(f"audio_rate must be positive, got {audio_rate}")
+        raise PrepError(f"audio_rate must be positive, got {audio_rate}")
     if timeout <= 0:
-        raise ValueError(f"timeout must be positive, got {timeout}")
+        raise PrepError(f"timeout must be positive, got {timeout}")
     if csv is not None and not os.path.isfile(csv):
-        raise FileNotFoundError(f"Kinetics CSV not found: {csv}")
+        raise PrepError(f"Kinetics CSV not found: {csv}")
+    if geometry not in GEOMETRY_MODES:
+        raise PrepError(f"geometry must be one of {GEOMETRY_MODES}, got {geometry!r}")
     workers = _default_workers() if workers is None else int(workers)
     if workers < 1:
-        raise ValueError(f"workers must be >= 1, got {workers}")
+        raise PrepError(f"workers must be >= 1, got {workers}")
 
     out_dir: Optional[str] = None
     if report_path is not None:
@@ -860,23 +1150,23 @@ def prepare(
             out = os.path.abspath(os.fspath(out))
             report_path = os.path.join(out, "prep_report.json") if os.path.isdir(out) else out
         if report_path is not None and _inside(report_path, src):
-            raise ValueError(f"--check writes nothing into {src}; give a report path outside it (got {report_path})")
+            raise PrepError(f"--check writes nothing into {src}; give a report path outside it (got {report_path})")
     else:
         if out is None:
-            raise ValueError("out (the output folder) is required unless check_only=True")
+            raise PrepError("out (the output folder) is required unless check_only=True")
         out_dir = os.path.abspath(os.fspath(out))
         if _inside(out_dir, src):
-            raise ValueError(f"the output folder {out_dir} must not be {src} or inside it (sources are never written)")
+            raise PrepError(f"the output folder {out_dir} must not be {src} or inside it (sources are never written)")
         for sub in ("videos", "audio"):
             if _inside(src, os.path.join(out_dir, sub)):
-                raise ValueError(f"the source folder {src} lies inside the output's {sub}/ folder; outputs would overwrite it")
+                raise PrepError(f"the source folder {src} lies inside the output's {sub}/ folder; outputs would overwrite it")
         if audio_stats:
             try:
                 import avssl.data.audio  # noqa: F401
             except ImportError as e:
                 raise RuntimeError(f"audio_stats needs avssl.data.audio ({e})") from None
             if audio_format is None:
-                raise ValueError("audio_stats needs extracted audio files: set audio_format")
+                raise PrepError("audio_stats needs extracted audio files: set audio_format")
 
     settings: Dict[str, Any] = {
         "short_side": short_side,
@@ -890,6 +1180,7 @@ def prepare(
         "audio_stats": audio_stats,
         "timeout": timeout,
         "check_only": check_only,
+        "geometry": geometry,
         "video_codec": "libx264 yuv420p crf {crf} preset {preset}".format(**_X264),
         "audio_codec": "aac",
     }
@@ -904,11 +1195,14 @@ def prepare(
             for r in rows
         ]
     else:
-        os.makedirs(out_dir, exist_ok=True)
-        lock = _acquire_lock(out_dir)
+        try:
+            os.makedirs(out_dir, exist_ok=True)
+        except OSError as e:
+            raise OutputError(out_dir, f"the output folder cannot be created ({e.strerror})") from None
         jobs = _plan(rows, src, out_dir, wsettings, reencode)
+        lock = _acquire_lock(out_dir)
     try:
-        if lock:
+        if lock is not None:
             _clean_stale_partials(out_dir)
         # Longest first: a big file started last would leave the other workers idle at the end.
         order = sorted(range(len(jobs)), key=lambda i: -_size(jobs[i]["source"]))
@@ -931,13 +1225,15 @@ def prepare(
 
             run_isolated(ordered, _process, wsettings, workers, timeout, on_result, bar.refresh, on_lost)
     finally:
-        if lock:
+        if lock is not None:
             # Workers are gone by now (finished or killed): nothing can be writing a partial file.
-            _clean_stale_partials(out_dir)
-            if os.path.exists(lock):
-                os.remove(lock)
+            try:
+                _clean_stale_partials(out_dir)
+            finally:
+                _release_lock(out_dir, lock)
 
     warnings: List[Dict[str, str]] = []
+    corrected: List[Dict[str, Any]] = []
     manifest_rows: List[ManifestRow] = []
     audio_acc = None
     n_audio = 0
@@ -948,6 +1244,8 @@ def prepare(
             continue
         for w in res.get("warnings", []):
             warnings.append({"path": job["source"], "warning": w})
+        if res.get("corrected"):
+            corrected.append({"path": job["source"], **res["corrected"]})
         if check_only:
             manifest_rows.append(ManifestRow(path=job["source"], source=job["source"], **_info_fields(res["info"])))
             continue
@@ -972,6 +1270,7 @@ def prepare(
             "no_audio": sum(1 for r in manifest_rows if r.has_audio is False),
         },
         "bad_files": bad,
+        "corrected": sorted(corrected, key=lambda c: c["path"]),
         "warnings": warnings,
         "settings": settings,
         "duration_s": float(sum(r.duration or 0.0 for r in manifest_rows)),
@@ -985,25 +1284,37 @@ def prepare(
         ]
         if report_path:
             report["report"] = report_path
-            atomic_write_text(report_path, json.dumps(report, indent=2) + "\n")
+            with _writing(report_path):
+                atomic_write_text(report_path, json.dumps(report, indent=2) + "\n")
         return report
     manifest_path = os.path.join(out_dir, "manifest.csv")
-    write_manifest(manifest_rows, manifest_path)
+    with _writing(manifest_path):
+        write_manifest(manifest_rows, manifest_path)
     report["manifest"] = manifest_path
     if audio_stats:
         stats_path = os.path.join(out_dir, "audio_stats.json")
         if audio_acc is not None:
             audio_acc.meta.update({"feature": "LogMelSpectrogram", "sample_rate": audio_rate, "files": n_audio})
-            audio_acc.save(stats_path)
+            with _writing(stats_path):
+                audio_acc.save(stats_path)
             report["audio_stats"] = stats_path
             report["audio_stats_files"] = n_audio
         else:
             report["audio_stats"] = None
     report["report"] = os.path.join(out_dir, "prep_report.json")
-    atomic_write_text(report["report"], json.dumps(report, indent=2) + "\n")
-    if report_path and report_path != report["report"]:
-        atomic_write_text(report_path, json.dumps(report, indent=2) + "\n")
+    for path in dict.fromkeys(p for p in (report["report"], report_path) if p):
+        with _writing(path):
+            atomic_write_text(path, json.dumps(report, indent=2) + "\n")
     return report
+
+
+@contextlib.contextmanager
+def _writing(path: str):
+    """Turn a failure to write ``path`` into an :class:`OutputError` naming it."""
+    try:
+        yield
+    except OSError as e:
+        raise OutputError(path, e.strerror or str(e)) from None
 
 
 def _info_fields(info: Dict[str, Any]) -> Dict[str, Any]:
@@ -1078,6 +1389,8 @@ def print_summary(report: Dict[str, Any], console: Any = None, max_bad: int = 50
         table.add_row("already prepared (skipped)", str(c["skipped_existing"]))
     table.add_row("bad", f"[red]{c['bad']}" if c["bad"] else "0")
     table.add_row("without audio", str(c.get("no_audio", 0)))
+    if report.get("corrected"):
+        table.add_row("turned upright / made square", str(len(report["corrected"])))
     table.add_row("hours of video", f"{report.get('duration_s', 0.0) / 3600:.2f}")
     table.add_row("wall time", f"{report['wall_time_s']:.1f} s ({report.get('videos_per_s', 0.0):.2f} videos/s)")
     console.print(table)
@@ -1102,4 +1415,7 @@ def print_summary(report: Dict[str, Any], console: Any = None, max_bad: int = 50
             console.print(f"{key}: {report[key]}")
 
 
-__all__ = ["AUDIO_FORMATS", "output_size", "prepare", "print_summary", "run_isolated"]
+__all__ = [
+    "AUDIO_FORMATS", "GEOMETRY_MODES", "OutputError", "PrepError", "PrepLockedError", "output_size", "prepare",
+    "print_summary", "run_isolated",
+]
