@@ -5,7 +5,7 @@ import argparse
 import logging
 import os
 import sys
-from typing import List, Optional
+from typing import Any, List, Optional
 
 log = logging.getLogger("avssl")
 
@@ -121,37 +121,47 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("pretrain", help="train a method from a config (YAML + key=value overrides)")
     p.add_argument("config")
     p.add_argument("overrides", nargs="*", help="dotted key=value pairs, e.g. optim.lr=0.1")
-    p.add_argument("--no-resume", action="store_true", help="start afresh even if OUTPUT_DIR/checkpoints/last.ckpt exists")
+    p.add_argument("--no-resume", action="store_true",
+                   help="start afresh; a run already in OUTPUT_DIR is moved into OUTPUT_DIR/previous-<time>/")
     p.set_defaults(func=_run_pretrain)
 
     f = sub.add_parser("finetune", help="fine-tune a pretrained encoder with a classifier (supervised)")
     f.add_argument("config")
     f.add_argument("overrides", nargs="*")
     f.add_argument("--checkpoint", required=True, help="pretraining checkpoint whose encoder initialises the model")
-    f.add_argument("--no-resume", action="store_true")
+    f.add_argument("--no-resume", action="store_true",
+                   help="start afresh; a run already in OUTPUT_DIR is moved into OUTPUT_DIR/previous-<time>/")
     f.set_defaults(func=_run_finetune)
 
 
 def _run_pretrain(args: argparse.Namespace) -> int:
     from avssl.config import load_config
-    from avssl.runner import fit
 
     cfg = load_config(args.config, args.overrides)
-    last = fit(cfg, resume=not args.no_resume)
+    return _train(cfg, resume=not args.no_resume)
+
+
+def _train(cfg: Any, resume: bool) -> int:
+    """Train; a stop signal exits with 128 + its number (143 for SIGTERM), after saving, so schedulers see it."""
+    from avssl.engine import TrainingInterrupted
+    from avssl.runner import fit
+
+    try:
+        last = fit(cfg, resume=resume)
+    except TrainingInterrupted as e:
+        log.warning("%s", e)
+        return e.exit_code
     log.info("checkpoint: %s", last)
     return 0
 
 
 def _run_finetune(args: argparse.Namespace) -> int:
     from avssl.config import load_config
-    from avssl.runner import fit
 
     cfg = load_config(args.config, [*args.overrides, f"method.init_checkpoint={args.checkpoint}"])
     if cfg.method.name != "supervised":
         raise SystemExit(f"avssl finetune: the config's method must be 'supervised', not {cfg.method.name!r}")
-    last = fit(cfg, resume=not args.no_resume)
-    log.info("checkpoint: %s", last)
-    return 0
+    return _train(cfg, resume=not args.no_resume)
 
 
 # -- bench ---------------------------------------------------------------------------------------
