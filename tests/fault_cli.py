@@ -13,6 +13,8 @@ from avssl.cli import main
 
 
 class SignalAtStep(Callback):
+    """Sends this process ``signum`` just before training step ``step``."""
+
     def __init__(self, step: int, signum: int) -> None:
         self.step, self.signum, self.sent = step, signum, False
 
@@ -31,5 +33,6 @@ def _with_fault(build_trainer, fault: Callback):
 
 if __name__ == "__main__":
     step, name, argv = int(sys.argv[1]), sys.argv[2], sys.argv[3:]
-    avssl.engine.build_trainer = _with_fault(avssl.engine.build_trainer, SignalAtStep(step, signal.Signals[f"SIG{name}"]))
+    fault = SignalAtStep(step, signal.Signals[f"SIG{name}"])
+    avssl.engine.build_trainer = _with_fault(avssl.engine.build_trainer, fault)
     sys.exit(main(argv))

@@ -118,8 +118,8 @@ def test_damaged_checkpoints_get_one_line_saying_what_is_wrong(trained, tmp_path
         "truncated.ckpt": (data[: len(data) // 2], "is truncated or corrupt (its zip index is missing): an unfinished "
                                                    "write or copy"),
         "empty.ckpt": (b"", "is empty (0 bytes): an unfinished write or copy"),
-        "notes.ckpt": (b"some text\n" * 5, "is not a PyTorch checkpoint (neither torch.save's zip format nor its legacy "
-                                          "format)"),
+        "notes.ckpt": (b"some text\n" * 5,
+                       "is not a PyTorch checkpoint (neither torch.save's zip format nor its legacy format)"),
     }
     for name, (content, reason) in cases.items():
         (tmp_path / name).write_bytes(content)

@@ -15,11 +15,12 @@ import torch
 from lightning.pytorch.callbacks import Callback
 
 from avssl.checkpoint import LAST, PREVIOUS, CheckpointError, load_checkpoint
-from avssl.config import build_config, load_config
+from avssl.config import build_config, load_config, to_dict
 from avssl.engine import STOP_SIGNALS, TrainingInterrupted
 from avssl.errors import UserError
 from avssl.runner import fit, incompatible_keys
 from conftest import tiny_overrides
+from fault_cli import SignalAtStep
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -56,18 +57,6 @@ def reference(synth_corpus, tmp_path_factory):
 
 def _cli_env() -> dict:
     return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": ROOT, "COLUMNS": "1000"}
-
-
-class _SignalAtStep(Callback):
-    """Sends this process ``signum`` just before training step ``step``."""
-
-    def __init__(self, step: int, signum: int) -> None:
-        self.step, self.signum, self.sent = step, signum, False
-
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        if trainer.global_step == self.step and not self.sent:
-            self.sent = True
-            os.kill(os.getpid(), self.signum)
 
 
 # -- case 2: a checkpoint every epoch, and the one before -------------------------------------------
@@ -149,7 +138,7 @@ def test_stop_signal_saves_mid_epoch_and_the_resumed_run_is_exact(synth_corpus, 
     cfg = _cfg(synth_corpus, out, **{"data.num_workers": workers})
     handlers = {s: signal.getsignal(s) for s in STOP_SIGNALS}
     with pytest.raises(TrainingInterrupted) as stopped:
-        fit(cfg, extra_callbacks=[_SignalAtStep(step, signum)])
+        fit(cfg, extra_callbacks=[SignalAtStep(step, signum)])
     e = stopped.value
     assert (e.signum, e.exit_code, e.step) == (signum, 128 + signum, step + 1)  # the step under way finished
     assert str(e) == f"training stopped by {sig} at step {step + 1}; saved {out / 'checkpoints' / LAST}; " \
@@ -175,7 +164,8 @@ def test_truncated_last_checkpoint_falls_back_to_the_previous_one_with_a_warning
     _truncate(ckpts / LAST)
     with caplog.at_level(logging.WARNING, logger="avssl"):
         last = fit(cfg)  # resumes from the previous checkpoint (step 12) and trains the last epoch again
-    warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING and "resuming from" in r.getMessage()]
+    warned = [r.getMessage() for r in caplog.records
+              if r.levelno == logging.WARNING and "resuming from" in r.getMessage()]
     assert warned == [f"checkpoint {ckpts / LAST} is truncated or corrupt (its zip index is missing): an unfinished "
                       f"write or copy; resuming from {ckpts / PREVIOUS} (step 12) instead"]
     _assert_same_weights(_weights(last), reference)
@@ -219,8 +209,8 @@ def test_rerun_with_another_model_fails_before_touching_the_folder(synth_corpus,
     with pytest.raises(UserError) as err:
         fit(other)
     assert str(err.value) == (
-        f"{tmp_path} holds a run trained with another config (model.video.kwargs.base_channels: 8 -> 16, seed: 0 -> 3); "
-        "use a new output_dir, or --no-resume to set that run aside and start afresh")
+        f"{tmp_path} holds a run trained with another config (model.video.kwargs.base_channels: 8 -> 16, "
+        "seed: 0 -> 3); use a new output_dir, or --no-resume to set that run aside and start afresh")
     assert _snapshot(tmp_path) == before
 
 
@@ -233,27 +223,24 @@ def test_rerun_with_a_longer_schedule_and_other_workers_resumes(synth_corpus, tm
 
 
 def test_incompatible_keys_rule():
+    def keys(a, b):
+        return incompatible_keys(to_dict(a), to_dict(b))
+
     base = build_config({})
     same_run = build_config({"trainer": {"max_epochs": 90, "max_steps": 10, "devices": 4, "num_nodes": 2,
                                          "precision": "bf16-mixed", "progress_bar": False, "tensorboard": False,
                                          "log_every_n_steps": 1, "checkpoint_every_n_steps": 100},
                              "data": {"num_workers": 12, "video_root": "/scratch/videos", "test_clips": 10},
                              "eval": {"knn_k": 5}, "output_dir": "elsewhere"})
-    assert incompatible_keys(_plain(base), _plain(same_run)) == []
+    assert keys(base, same_run) == []
     other = build_config({"method": {"dropout": 0.1}, "model": {"video": {"name": "r3d_18", "kwargs": {"x": 1}}},
                           "data": {"batch_size": 16, "train": "other.csv", "num_frames": 16},
                           "optim": {"lr": 0.5}, "seed": 1, "num_classes": 7,
                           "trainer": {"accumulate_grad_batches": 2}})
-    assert incompatible_keys(_plain(base), _plain(other)) == [
+    assert keys(base, other) == [
         "data.batch_size", "data.num_frames", "data.train", "method.dropout", "model.video.kwargs.x",
         "model.video.name", "num_classes", "optim.lr", "seed", "trainer.accumulate_grad_batches"]
-    assert "method.name" in incompatible_keys(_plain(base), _plain(build_config({"method": {"name": "simclr"}})))
-
-
-def _plain(cfg) -> dict:
-    from avssl.config import to_dict
-
-    return to_dict(cfg)
+    assert "method.name" in keys(base, build_config({"method": {"name": "simclr"}}))
 
 
 def test_no_resume_sets_the_previous_run_aside_instead_of_mixing_files(synth_corpus, tmp_path):
