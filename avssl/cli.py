@@ -212,7 +212,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("pretrain", help="train a method from a config (YAML + key=value overrides)")
     p.add_argument("config")
     p.add_argument("overrides", nargs="*", help="dotted key=value pairs, e.g. optim.lr=0.1")
-    p.add_argument("--no-resume", action="store_true", help="start afresh even if OUTPUT_DIR/checkpoints/last.ckpt exists")
+    p.add_argument("--no-resume", action="store_true",
+                   help="start afresh; a run already in OUTPUT_DIR is moved into OUTPUT_DIR/previous-<time>/")
     p.set_defaults(func=_run_pretrain)
 
     f = sub.add_parser("finetune", help="fine-tune a pretrained encoder with a classifier (supervised)")
@@ -220,17 +221,29 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     f.add_argument("overrides", nargs="*")
     f.add_argument("--checkpoint", required=True, type=_existing_file,
                    help="pretraining checkpoint whose encoder initialises the model")
-    f.add_argument("--no-resume", action="store_true")
+    f.add_argument("--no-resume", action="store_true",
+                   help="start afresh; a run already in OUTPUT_DIR is moved into OUTPUT_DIR/previous-<time>/")
     f.set_defaults(func=_run_finetune)
 
 
 def _run_pretrain(args: argparse.Namespace) -> int:
     from avssl.config import load_config
-    from avssl.runner import fit
 
     cfg = load_config(args.config, args.overrides)
     _writable_output_dir(cfg)
-    last = fit(cfg, resume=not args.no_resume)
+    return _train(cfg, resume=not args.no_resume)
+
+
+def _train(cfg: Any, resume: bool) -> int:
+    """Train; a stop signal exits with 128 + its number (143 for SIGTERM), after saving, so schedulers see it."""
+    from avssl.engine import TrainingInterrupted
+    from avssl.runner import fit
+
+    try:
+        last = fit(cfg, resume=resume)
+    except TrainingInterrupted as e:
+        log.warning("%s", e)
+        return e.exit_code
     log.info("checkpoint: %s", last)
     return 0
 
@@ -243,7 +256,6 @@ def _writable_output_dir(cfg: Any) -> None:
 
 def _run_finetune(args: argparse.Namespace) -> int:
     from avssl.config import ConfigError, load_config
-    from avssl.runner import fit
 
     # The method is checked first: only the supervised one has the init_checkpoint key.
     method = load_config(args.config, args.overrides).method.name
@@ -251,9 +263,7 @@ def _run_finetune(args: argparse.Namespace) -> int:
         raise ConfigError(f"avssl finetune: the config's method must be 'supervised', not {method!r}")
     cfg = load_config(args.config, [*args.overrides, f"method.init_checkpoint={args.checkpoint}"])
     _writable_output_dir(cfg)
-    last = fit(cfg, resume=not args.no_resume)
-    log.info("checkpoint: %s", last)
-    return 0
+    return _train(cfg, resume=not args.no_resume)
 
 
 # -- bench ---------------------------------------------------------------------------------------

@@ -3,21 +3,26 @@
 Lightning gives devices and nodes (DDP; torchrun and SLURM launches are detected), precision, gradient
 accumulation and clipping, and checkpoint/resume. This module adds what the methods share: optimisers
 (SGD, AdamW, LARS) with parameter groups that exempt biases and norms from weight decay, a per-step
-warm-up + cosine learning-rate schedule, atomic checkpoint writes, and the trainer assembly.
+warm-up + cosine learning-rate schedule, checkpoints (``last.ckpt`` and the one before, written atomically,
+read with ``weights_only=True``; saved on SIGTERM/SIGINT/SIGUSR1 before stopping), and the trainer assembly.
 """
 from __future__ import annotations
 
 import logging
 import math
 import os
+import signal
+import subprocess
+import threading
 from typing import Any, Dict, Iterable, List, Optional
 
 import torch
 import torch.nn as nn
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch import Trainer
-from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.callbacks import Callback, Checkpoint, LearningRateMonitor, ModelCheckpoint
 
+from avssl.checkpoint import LAST, PREVIOUS, load_checkpoint
 from avssl.errors import NonFiniteLossError  # noqa: F401  (re-exported)
 from avssl.utils import atomic_write
 
@@ -171,20 +176,148 @@ def build_scheduler(optimizer: torch.optim.Optimizer, cfg: Any, total_steps: int
 # -- checkpoints ---------------------------------------------------------------------------------
 class AtomicCheckpointIO(TorchCheckpointIO):
     """Writes each checkpoint to a temporary file in the same folder, then renames it into place, so an
-    interrupted save never leaves a truncated ``last.ckpt``."""
+    interrupted save never leaves a truncated ``last.ckpt``; reads through :func:`avssl.checkpoint.load_checkpoint`
+    (``weights_only=True``), so resuming never runs code from the file."""
 
     def save_checkpoint(self, checkpoint: Dict[str, Any], path: Any, storage_options: Optional[Any] = None) -> None:
         atomic_write(path, lambda f: torch.save(checkpoint, f))
 
+    def load_checkpoint(self, path: Any, map_location: Optional[Any] = None,
+                        weights_only: Optional[bool] = None) -> Dict[str, Any]:
+        return load_checkpoint(path, map_location=map_location or "cpu")
 
-class EpochSetter(Callback):
-    """Tells datasets (and samplers) which epoch it is, so per-item random draws change between epochs
-    yet are reproducible after a resume."""
 
-    def on_train_epoch_start(self, trainer: Trainer, pl_module: Any) -> None:
-        dm = trainer.datamodule
-        if dm is not None and hasattr(dm, "set_epoch"):
-            dm.set_epoch(trainer.current_epoch)
+class TrainingInterrupted(Exception):
+    """Training stopped on a signal (SIGTERM, SIGINT, SIGUSR1) after saving ``checkpoint`` at the current step.
+
+    ``exit_code`` is the shell's convention for death by that signal (128 + its number: 143, 130, 138), so a
+    scheduler sees that the job did not finish; rerunning the same command resumes from the checkpoint.
+    """
+
+    def __init__(self, signum: int, checkpoint: Optional[str], step: int) -> None:
+        self.signum, self.checkpoint, self.step = int(signum), checkpoint, int(step)
+        self.exit_code = 128 + self.signum
+        name = signal.Signals(self.signum).name
+        saved = f"saved {checkpoint}" if checkpoint else "no checkpoint written yet"
+        super().__init__(f"training stopped by {name} at step {step}; {saved}; rerun the same command to resume")
+
+
+#: Signals that stop a run cleanly: schedulers pre-empt with SIGTERM (SLURM warns with SIGUSR1), Ctrl-C is SIGINT.
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
+
+
+class LastCheckpoint(Checkpoint):
+    """Keeps ``last.ckpt`` current, and the one before it as ``last.prev.ckpt``: at every epoch end, every
+    ``every_n_steps`` optimiser steps, and when a stop signal arrives.
+
+    From the start of training to its end it handles SIGTERM, SIGINT and SIGUSR1 (see :data:`STOP_SIGNALS`): the
+    step under way finishes, ``last.ckpt`` is saved at that step (mid-epoch; the loader's position is in it) and
+    :class:`TrainingInterrupted` is raised. Under SLURM (``SLURM_JOB_ID`` set) SIGUSR1 also asks
+    ``scontrol requeue`` for the job, as Lightning's SLURM environment does. A second SIGINT interrupts at once.
+    Under DDP the ranks agree on stopping at the same step.
+    """
+
+    def __init__(self, dirpath: str, every_n_steps: Optional[int] = None) -> None:
+        super().__init__()
+        self.dirpath = dirpath
+        self.every_n_steps = every_n_steps or 0
+        self._signum: Optional[int] = None
+        self._previous_handlers: Dict[int, Any] = {}
+        self._step_seen = -1
+
+    @property
+    def last_path(self) -> str:
+        return os.path.join(self.dirpath, LAST)
+
+    def save(self, trainer: Trainer) -> str:
+        """Move ``last.ckpt`` to ``last.prev.ckpt`` and write the current state as ``last.ckpt`` (atomically)."""
+        last = self.last_path
+        if trainer.is_global_zero:
+            os.makedirs(self.dirpath, exist_ok=True)
+            if os.path.exists(last):
+                os.replace(last, os.path.join(self.dirpath, PREVIOUS))
+        trainer.save_checkpoint(last, weights_only=False)  # the full training state, not only the weights
+        return last
+
+    # -- when to save ----------------------------------------------------------------------------
+    def on_train_start(self, trainer: Trainer, pl_module: Any) -> None:
+        self._step_seen = trainer.global_step
+        # Lightning's own SIGTERM handler (installed just before) ends fit() with exit status 0 and no save.
+        self._install_handlers()
+
+    def on_train_batch_end(self, trainer: Trainer, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
+        # With gradient accumulation only a batch that completed an optimiser step is a step boundary.
+        if trainer.global_step == self._step_seen:
+            return
+        self._step_seen = trainer.global_step
+        stop = self._stop_requested(trainer)
+        if stop or (self.every_n_steps and trainer.global_step % self.every_n_steps == 0):
+            self.save(trainer)
+        if stop:
+            self._stop(trainer)
+
+    def on_train_epoch_end(self, trainer: Trainer, pl_module: Any) -> None:
+        self.save(trainer)
+        if self._stop_requested(trainer):
+            self._stop(trainer)
+
+    def on_train_end(self, trainer: Trainer, pl_module: Any) -> None:
+        self._restore_handlers()
+
+    def on_exception(self, trainer: Trainer, pl_module: Any, exception: BaseException) -> None:
+        self._restore_handlers()
+
+    def teardown(self, trainer: Trainer, pl_module: Any, stage: str) -> None:
+        self._restore_handlers()
+
+    # -- signals ---------------------------------------------------------------------------------
+    def _install_handlers(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return  # signal handlers can only be set from the main thread
+        for signum in STOP_SIGNALS:
+            if signum not in self._previous_handlers:
+                self._previous_handlers[signum] = signal.getsignal(signum)
+            signal.signal(signum, self._on_signal)
+
+    def _restore_handlers(self) -> None:
+        for signum, handler in self._previous_handlers.items():
+            signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
+        self._previous_handlers = {}
+
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        if signum == signal.SIGINT and self._signum == signal.SIGINT:
+            raise KeyboardInterrupt  # a second Ctrl-C: stop now, without waiting for the step to end
+        if self._signum is None:
+            self._signum = signum
+            log.warning("received %s: stopping after the current step and saving a checkpoint",
+                        signal.Signals(signum).name)
+
+    def _stop_requested(self, trainer: Trainer) -> bool:
+        # Every rank calls this at the same step; any rank's signal stops them all there.
+        return bool(trainer.strategy.reduce_boolean_decision(self._signum is not None, all=False))
+
+    def _stop(self, trainer: Trainer) -> None:
+        signum = self._signum if self._signum is not None else signal.SIGTERM  # another rank got the signal
+        if signum == signal.SIGUSR1 and trainer.is_global_zero:
+            _slurm_requeue()
+        raise TrainingInterrupted(signum, self.last_path, trainer.global_step)
+
+
+def _slurm_requeue() -> None:
+    """Ask SLURM to requeue this job (SIGUSR1 is SLURM's warning before the time limit); logged, never fatal."""
+    array_job, task = os.environ.get("SLURM_ARRAY_JOB_ID"), os.environ.get("SLURM_ARRAY_TASK_ID")
+    job = f"{array_job}_{task}" if array_job and task else os.environ.get("SLURM_JOB_ID")
+    if not job:
+        return
+    try:
+        result = subprocess.run(["scontrol", "requeue", job], capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        log.warning("could not requeue SLURM job %s: %s", job, e)
+        return
+    if result.returncode == 0:
+        log.info("requeued SLURM job %s", job)
+    else:
+        log.warning("scontrol requeue %s failed (%d): %s", job, result.returncode, result.stderr.strip())
 
 
 def build_trainer(
@@ -196,8 +329,8 @@ def build_trainer(
     **overrides: Any,
 ) -> Trainer:
     """A ``lightning.Trainer`` from ``cfg.trainer``, logging to ``output_dir`` (TensorBoard + CSV),
-    saving ``last.ckpt`` (every epoch, and every ``checkpoint_every_n_steps``) and the best by the
-    method's monitored metric."""
+    saving ``last.ckpt`` and the one before (every epoch, every ``checkpoint_every_n_steps``, and on a stop
+    signal: see :class:`LastCheckpoint`) and the best by the method's monitored metric."""
     from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
     t = cfg.trainer
@@ -212,14 +345,8 @@ def build_trainer(
             log.info("tensorboard is not installed; logging to CSV only")
     ckpt_dir = os.path.join(output_dir, "checkpoints")
     cbs: List[Callback] = [
-        # last.ckpt for resuming: every epoch, and every checkpoint_every_n_steps steps when set.
-        ModelCheckpoint(
-            dirpath=ckpt_dir,
-            save_last=True,
-            save_top_k=0,
-            every_n_train_steps=t.checkpoint_every_n_steps or None,
-        ),
-        EpochSetter(),
+        # last.ckpt (and the one before) for resuming: every epoch, every checkpoint_every_n_steps, on a signal.
+        LastCheckpoint(ckpt_dir, every_n_steps=t.checkpoint_every_n_steps),
         LearningRateMonitor(logging_interval="step"),
     ]
     if monitor:

@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 
 import avssl.methods.avid_cma  # noqa: F401  (registers the method)
+from avssl.checkpoint import load_checkpoint
 from avssl.config import build_config, load_config
 from avssl.losses.audiovisual import AVIDLoss, CMALoss
 from avssl.methods import build_method
@@ -149,7 +150,7 @@ def test_positive_sets_computed_at_start_epoch_checkpointed_and_restored(synth_c
     assert m.cfg.method.num_data == n and isinstance(m.criterion, CMALoss) and m.criterion.has_positives
     assert int(m.positives_epoch) == 1
     pos = m.criterion.positives
-    assert torch.equal(pos, torch.load(last, weights_only=False)["state_dict"]["criterion.positives"])
+    assert torch.equal(pos, load_checkpoint(last)["state_dict"]["criterion.positives"])
     assert ((pos >= 0) & (pos < n)).all()
     assert not (pos == torch.arange(n).unsqueeze(1)).any()  # never the row itself
     # The sets are the k = 2 best min(cos_v, cos_a) agreements of the banks as they were at epoch 1's start.
@@ -161,7 +162,7 @@ def test_positive_sets_computed_at_start_epoch_checkpointed_and_restored(synth_c
     # A config without num_data still loads the checkpoint: the banks are sized from its state dict.
     bare = build_method("avid_cma", load_config(overrides=tiny_overrides(synth_corpus, tmp_path, method="avid_cma", **over)))
     assert bare.criterion is None
-    bare.load_state_dict(torch.load(last, weights_only=False)["state_dict"], strict=True)
+    bare.load_state_dict(load_checkpoint(last)["state_dict"], strict=True)
     assert torch.equal(bare.criterion.positives, pos)
 
     # Resume for a third epoch: the banks are sized at setup, then the checkpoint fills them.

@@ -5,6 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from avssl.checkpoint import load_checkpoint
 from avssl.config import load_config
 from avssl.data.datamodule import make_dataset
 from avssl.methods import build_method
@@ -40,7 +41,7 @@ def test_same_training_set_keeps_the_banks(synth_corpus, tmp_path, avid_ckpt):
     cfg = _cfg(synth_corpus, tmp_path, **{"method.init_from": avid_ckpt})
     m, train = _fresh(cfg)
     assert m.init_from_checkpoint(avid_ckpt, train, dataset_fingerprint(train)) == "kept"
-    sd = torch.load(avid_ckpt, map_location="cpu", weights_only=False)["state_dict"]
+    sd = load_checkpoint(avid_ckpt)["state_dict"]
     assert torch.equal(m.criterion.video_bank.weight, sd["criterion.video_bank.weight"])
     assert torch.equal(m.criterion.audio_bank.weight, sd["criterion.audio_bank.weight"])
     for k, v in m.state_dict().items():  # encoders and heads come from the checkpoint
@@ -53,7 +54,7 @@ def test_other_training_set_rebuilds_banks_from_the_encoders(synth_corpus, tmp_p
     cfg = _cfg(synth_corpus, tmp_path, **{"method.init_from": avid_ckpt, "data.train_split": "val"})
     m, train = _fresh(cfg)
     fp = dataset_fingerprint(train)
-    sd = torch.load(avid_ckpt, map_location="cpu", weights_only=False)["state_dict"]
+    sd = load_checkpoint(avid_ckpt)["state_dict"]
     assert fp != int(sd["bank_fingerprint"])
     assert m.init_from_checkpoint(avid_ckpt, train, fp) == "rebuilt (they index another training set)"
     assert int(m.bank_fingerprint) == fp
@@ -89,7 +90,7 @@ def test_cma_from_epoch_zero_on_a_rebuilt_bank(synth_corpus, tmp_path, avid_ckpt
                                           "method.cma_start_epoch": 0, "method.cma_k": 2,
                                           "method.cma_num_positive_negatives": 2})
     ckpt = fit(cfg, resume=False)
-    sd = torch.load(ckpt, map_location="cpu", weights_only=False)["state_dict"]
+    sd = load_checkpoint(ckpt)["state_dict"]
     pos = sd["criterion.positives"]
     assert (pos >= 0).all() and int(sd["positives_epoch"]) == 0
     assert (pos != torch.arange(len(pos))[:, None]).all()
@@ -98,7 +99,7 @@ def test_cma_from_epoch_zero_on_a_rebuilt_bank(synth_corpus, tmp_path, avid_ckpt
 def test_checkpoints_without_a_fingerprint_still_load(avid_ckpt, tmp_path):
     from avssl.runner import load_method
 
-    state = torch.load(avid_ckpt, map_location="cpu", weights_only=False)
+    state = load_checkpoint(avid_ckpt)
     del state["state_dict"]["bank_fingerprint"]
     old = tmp_path / "old.ckpt"
     torch.save(state, old)

@@ -13,6 +13,8 @@ import sys
 import pytest
 import torch
 
+from avssl.checkpoint import load_checkpoint
+
 sys.path.insert(0, os.path.dirname(__file__))
 import losses_ddp_worker as worker  # noqa: E402
 
@@ -38,7 +40,7 @@ def results(tmp_path_factory):
         pytest.fail("distributed loss workers did not finish within 150 s")
     for r, (p, log) in enumerate(zip(procs, logs)):
         assert p.returncode == 0, f"rank {r} failed:\n{log}"
-    per_rank = [torch.load(out / f"rank{r}.pt", weights_only=False) for r in range(WORLD)]
+    per_rank = [load_checkpoint(out / f"rank{r}.pt") for r in range(WORLD)]
     single = worker.compute(worker.make_inputs())
     return single, per_rank
 

@@ -240,7 +240,7 @@ def run_prep(*args: str) -> subprocess.CompletedProcess:
 
 
 def error_lines(proc: subprocess.CompletedProcess) -> list:
-    return [line for line in (proc.stdout + proc.stderr).splitlines() if "ERROR" in line]
+    return [line for line in (proc.stdout + proc.stderr).splitlines() if "error:" in line]
 
 
 def test_read_only_output_folder_fails_at_once_with_one_line(small_src, tmp_path):

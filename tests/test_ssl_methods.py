@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
+from avssl.checkpoint import load_checkpoint
 from avssl.config import build_config
 from avssl.methods import build_method, method_config_class
 from avssl.methods.views import MultiViewMethod, cosine_momentum
@@ -342,11 +343,11 @@ def test_byol_on_video_clips_resumes_exactly(synth_corpus, tmp_path):
     cfg = lambda d: load_config(overrides=tiny_overrides(synth_corpus, d, method="byol", **extra))  # noqa: E731
     fit(cfg(tmp_path / "full"))
     fit(cfg(tmp_path / "half"), extra_callbacks=[StopAfterOneEpoch()])
-    half = torch.load(tmp_path / "half" / "checkpoints" / "last.ckpt", weights_only=False)
+    half = load_checkpoint(tmp_path / "half" / "checkpoints" / "last.ckpt")
     assert half["global_step"] == 6
     fit(cfg(tmp_path / "half"), resume=True)
-    a = torch.load(tmp_path / "full" / "checkpoints" / "last.ckpt", weights_only=False)
-    b = torch.load(tmp_path / "half" / "checkpoints" / "last.ckpt", weights_only=False)
+    a = load_checkpoint(tmp_path / "full" / "checkpoints" / "last.ckpt")
+    b = load_checkpoint(tmp_path / "half" / "checkpoints" / "last.ckpt")
     assert a["global_step"] == b["global_step"] == 12
     assert any(k.startswith("target_encoder.") for k in a["state_dict"])
     for k in a["state_dict"]:

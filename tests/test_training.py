@@ -9,6 +9,7 @@ import sys
 import pytest
 import torch
 
+from avssl.checkpoint import load_checkpoint
 from avssl.config import load_config
 from avssl.errors import NonFiniteLossError
 from avssl.runner import fit, load_method
@@ -18,7 +19,7 @@ HERE = os.path.dirname(__file__)
 
 
 def _weights(ckpt: str) -> dict:
-    return torch.load(ckpt, map_location="cpu", weights_only=False)["state_dict"]
+    return load_checkpoint(ckpt)["state_dict"]
 
 
 def test_resumed_run_reaches_the_same_weights(synth_corpus, tmp_path):
@@ -33,7 +34,7 @@ def test_resumed_run_reaches_the_same_weights(synth_corpus, tmp_path):
     # The schedule is set by the total length, so the resumed run is the two-epoch config continued.
     second = load_config(overrides=tiny_overrides(synth_corpus, half_dir, **{"trainer.max_epochs": 2,
                                                                               "optim.warmup_epochs": 1}))
-    state = torch.load(half_dir / "checkpoints" / "last.ckpt", weights_only=False)
+    state = load_checkpoint(half_dir / "checkpoints" / "last.ckpt")
     assert state["global_step"] == 6
     fit(second, resume=True)
     a = _weights(str(tmp_path / "full" / "checkpoints" / "last.ckpt"))
@@ -41,7 +42,7 @@ def test_resumed_run_reaches_the_same_weights(synth_corpus, tmp_path):
     assert a.keys() == b.keys()
     for k in a:
         assert torch.equal(a[k], b[k]), k
-    assert torch.load(half_dir / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == 12
+    assert load_checkpoint(half_dir / "checkpoints" / "last.ckpt")["global_step"] == 12
 
 
 def test_nan_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(synth_corpus, tmp_path, monkeypatch):
@@ -60,7 +61,7 @@ def test_nan_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(synth
     with pytest.raises(NonFiniteLossError, match="at step 3"):
         fit(cfg)
     last = tmp_path / "checkpoints" / "last.ckpt"
-    state = torch.load(last, weights_only=False)
+    state = load_checkpoint(last)
     assert state["global_step"] == 3  # the three good steps, nothing after
     assert all(torch.isfinite(v).all() for v in state["state_dict"].values() if v.is_floating_point())
 

@@ -3,10 +3,13 @@
 Samplers are built here rather than by Lightning: a ``DistributedSampler`` seeded with the run's seed
 splits each epoch's shuffled order across ranks (every video once per epoch over all ranks), and
 ``set_epoch`` reshuffles, so a resumed run sees the same order an uninterrupted one would have.
+
+The training loader is resumable (:class:`ResumableLoader`): its position within the epoch is saved in every
+checkpoint, so a run resumed from a mid-epoch checkpoint trains on exactly the rest of that epoch.
 """
 from __future__ import annotations
 
-from typing import Any, Dict, Iterator, List, Optional, Sequence
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import lightning as L
 import torch
@@ -158,6 +161,67 @@ def make_dataset(cfg: Any, part: str, train: bool, needs_audio: bool) -> Any:
     )
 
 
+class ResumableSampler(DistributedSampler):
+    """A seeded, epoch-aware ``DistributedSampler`` whose next pass can start part-way through its epoch's order.
+
+    ``start_at(n)`` makes the next ``iter()`` skip the first ``n`` indices of this rank's order (once); its
+    length stays that of the whole epoch, which is what Lightning counts batches against.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._start = 0
+
+    def start_at(self, n: int) -> None:
+        self._start = int(n)
+
+    def __iter__(self) -> Iterator[int]:
+        order = list(super().__iter__())
+        start, self._start = self._start, 0
+        return iter(order[start:])
+
+
+class ResumableLoader(DataLoader):
+    """The training loader, with its position in the epoch as state: ``{"epoch", "batches"}`` (batches handed
+    out this epoch). Lightning stores ``state_dict()`` in every checkpoint and passes it to ``load_state_dict``
+    on resume; the next pass over the same epoch then starts after those batches, without decoding them.
+
+    Each pass reads the epoch from its sampler (Lightning sets it, also on resume) and gives it to the dataset,
+    so the per-item random draws are those of that epoch. Batches are counted as they leave the loader, so
+    worker prefetching does not move the saved position. Worker seeds come from (seed, epoch), not from the
+    global RNG, so starting a pass on resume leaves the training RNG (dropout, negatives) where it was saved.
+    """
+
+    def __init__(self, dataset: Any, sampler: ResumableSampler, seed: int = 0, **kwargs: Any) -> None:
+        super().__init__(dataset, sampler=sampler, **kwargs)
+        self.seed = int(seed)
+        self._position: Tuple[int, int] = (0, 0)
+        self._resume_at: Optional[Tuple[int, int]] = None
+
+    def __iter__(self) -> Iterator[Any]:  # type: ignore[override]
+        return self._epoch_batches()
+
+    def _epoch_batches(self) -> Iterator[Any]:
+        # A generator: this runs at the first next(), after Lightning has set the sampler's epoch.
+        epoch = int(self.sampler.epoch)
+        skip = self._resume_at[1] if self._resume_at is not None and self._resume_at[0] == epoch else 0
+        self._resume_at = None
+        if hasattr(self.dataset, "set_epoch"):
+            self.dataset.set_epoch(epoch)
+        self.sampler.start_at(skip * self.batch_size)
+        self.generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+        self._position = (epoch, skip)
+        for batch in super().__iter__():
+            self._position = (epoch, self._position[1] + 1)
+            yield batch
+
+    def state_dict(self) -> Dict[str, int]:
+        return {"epoch": self._position[0], "batches": self._position[1]}
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        self._resume_at = (int(state["epoch"]), int(state["batches"]))
+
+
 class VideoDataModule(L.LightningDataModule):
     """Train and validation loaders for a method (``modalities`` says whether audio is decoded;
     ``validate=False`` builds no validation set, for methods that have no validation step)."""
@@ -169,7 +233,8 @@ class VideoDataModule(L.LightningDataModule):
         self.validate = validate
         self.train_set: Optional[VideoDataset] = None
         self.val_set: Optional[VideoDataset] = None
-        self._train_sampler: Optional[DistributedSampler] = None
+        self._train_loader: Optional[ResumableLoader] = None
+        self._train_position: Optional[Dict[str, Any]] = None  # restored before the loader exists
 
     def _world(self) -> tuple[int, int]:
         t = self.trainer
@@ -191,36 +256,46 @@ class VideoDataModule(L.LightningDataModule):
         ds = self.train_set or make_dataset(self.cfg, "train", train=True, needs_audio=False)
         return max(ds.labels) + 1
 
-    def set_epoch(self, epoch: int) -> None:
-        if self.train_set is not None:
-            self.train_set.set_epoch(epoch)
-        if self._train_sampler is not None:
-            self._train_sampler.set_epoch(epoch)
-
-    def _loader(self, ds: VideoDataset, train: bool) -> DataLoader:
-        rank, world = self._world()
+    def _loader_kwargs(self) -> Dict[str, Any]:
         d = self.cfg.data
-        sampler = DistributedSampler(ds, num_replicas=world, rank=rank, shuffle=train, seed=self.cfg.seed, drop_last=train)
-        if train:
-            self._train_sampler = sampler
-        return DataLoader(
-            ds,
-            batch_size=d.batch_size,
-            sampler=sampler,
-            num_workers=d.num_workers,
-            drop_last=train,
-            pin_memory=torch.cuda.is_available(),
-            persistent_workers=False,  # workers re-created each epoch pick up the dataset's new epoch
-        )
+        return dict(batch_size=d.batch_size, num_workers=d.num_workers, pin_memory=torch.cuda.is_available(),
+                    persistent_workers=False)  # workers re-created each epoch pick up the dataset's new epoch
 
     def train_dataloader(self) -> DataLoader:
         assert self.train_set is not None
-        return self._loader(self.train_set, train=True)
+        rank, world = self._world()
+        sampler = ResumableSampler(self.train_set, num_replicas=world, rank=rank, shuffle=True, seed=self.cfg.seed,
+                                   drop_last=True)
+        loader = ResumableLoader(self.train_set, sampler, seed=self.cfg.seed, drop_last=True, **self._loader_kwargs())
+        if self._train_position is not None:
+            loader.load_state_dict(self._train_position)
+            self._train_position = None
+        self._train_loader = loader
+        return loader
+
+    # The training loader's position goes into checkpoints through the datamodule's own state: Lightning does
+    # not hand a stateful loader its state when the loader was built before the restore (which computing the
+    # schedule's length from the loader does).
+    def state_dict(self) -> Dict[str, Any]:
+        return {"train_loader": self._train_loader.state_dict()} if self._train_loader is not None else {}
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        position = state.get("train_loader")
+        if position is None:
+            return
+        if self._train_loader is not None:
+            self._train_loader.load_state_dict(position)
+        else:
+            self._train_position = dict(position)
 
     def val_dataloader(self) -> Any:
         if self.val_set is None:
             return []
-        return self._loader(self.val_set, train=False)
+        rank, world = self._world()
+        sampler = DistributedSampler(self.val_set, num_replicas=world, rank=rank, shuffle=False, drop_last=False)
+        # Its own generator: validating must not draw from the training RNG (a resume may skip a validation).
+        return DataLoader(self.val_set, sampler=sampler, generator=torch.Generator().manual_seed(self.cfg.seed),
+                          **self._loader_kwargs())
 
 
 class ShardedIterable(IterableDataset):

@@ -80,7 +80,7 @@ class AudioClusters(Method):
         if m.audio_checkpoint:
             from avssl.methods.supervised import load_encoder_weights
 
-            load_encoder_weights(self.audio_encoder, m.audio_checkpoint, "audio")
+            load_encoder_weights(self.audio_encoder, m.audio_checkpoint, "audio", what="method.audio_checkpoint")
         self.freeze("audio_encoder")  # fixed: BatchNorm statistics included
         self.classifier = nn.Sequential(nn.Dropout(m.dropout), nn.Linear(self.video_encoder.out_dim, m.num_clusters))
         self.register_buffer("pseudo_labels", torch.empty(0, dtype=torch.long))

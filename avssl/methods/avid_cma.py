@@ -195,12 +195,11 @@ class AvidCMA(Method):
         """Load encoders (and fitting heads) from ``path``; keep its banks if they index ``train_set``,
         else rebuild them. Returns ``"kept"`` or ``"rebuilt (<why>)"``."""
         import logging
-        import os
+
+        from avssl.checkpoint import load_checkpoint
 
         log = logging.getLogger(__name__)
-        if not os.path.exists(path):
-            raise FileNotFoundError(f"method.init_from: checkpoint {path} does not exist")
-        state = torch.load(path, map_location="cpu", weights_only=False)
+        state = load_checkpoint(path, what="method.init_from")
         sd = state.get("state_dict", state)
         own = self.state_dict()
         for prefix in ("video_encoder.", "audio_encoder."):

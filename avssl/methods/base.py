@@ -132,6 +132,13 @@ class Method(L.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     # -- reproducible resume -----------------------------------------------------------------------
+    def on_train_start(self) -> None:
+        # Lightning skips on_train_epoch_start when it resumes inside an epoch, yet what that hook sets for the
+        # epoch (frozen parts, BatchNorm modes, cluster or positive sets) must hold for the rest of it too; the
+        # hooks skip work already done in the epoch (its results are in the checkpoint).
+        if self.trainer.fit_loop.restarted_mid_epoch:
+            self.on_train_epoch_start()
+
     def on_save_checkpoint(self, checkpoint: Dict[str, Any]) -> None:
         # Plain tensors and ints only, so checkpoints load with torch.load(weights_only=True).
         name, keys, pos, has_gauss, cached = np.random.get_state()
@@ -143,6 +150,9 @@ class Method(L.LightningModule):
             "python": {"version": int(version), "state": torch.tensor(state, dtype=torch.int64),
                        "gauss": None if gauss is None else float(gauss)},
         }
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            # Dropout and sampling on the GPU draw from the CUDA generators, one per device.
+            checkpoint["avssl_rng"]["cuda"] = torch.cuda.get_rng_state_all()
 
     def on_load_checkpoint(self, checkpoint: Dict[str, Any]) -> None:
         rng = checkpoint.get("avssl_rng")
@@ -153,6 +163,9 @@ class Method(L.LightningModule):
         np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached"]))
         p = rng["python"]
         random.setstate((p["version"], tuple(int(v) for v in p["state"].tolist()), p["gauss"]))
+        cuda = rng.get("cuda")
+        if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(cuda)
 
 
 def _batch_size(batch: Dict[str, Any]) -> int:

@@ -30,9 +30,12 @@ class SupervisedConfig(BaseMethodConfig):
     classifier_warmup_epochs: int = 0  # train only the classifier for this many epochs first
 
 
-def load_encoder_weights(encoder: nn.Module, checkpoint: str, modality: str) -> None:
-    """Load ``{modality}_encoder.*`` weights of a method checkpoint into ``encoder`` (strict)."""
-    state = torch.load(checkpoint, map_location="cpu", weights_only=False)
+def load_encoder_weights(encoder: nn.Module, checkpoint: str, modality: str, what: Optional[str] = None) -> None:
+    """Load ``{modality}_encoder.*`` weights of a method checkpoint into ``encoder`` (strict); ``what`` (the
+    config key that named the file) starts the message of a :class:`~avssl.checkpoint.CheckpointError`."""
+    from avssl.checkpoint import load_checkpoint
+
+    state = load_checkpoint(checkpoint, what=what)
     sd = state.get("state_dict", state)
     prefix = f"{modality}_encoder."
     sub = {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
@@ -58,7 +61,7 @@ class Supervised(Method):
         enc_cfg = cfg.model.video if m.modality == "video" else cfg.model.audio
         encoder = self.make_encoder(enc_cfg)
         if m.init_checkpoint:
-            load_encoder_weights(encoder, m.init_checkpoint, m.modality)
+            load_encoder_weights(encoder, m.init_checkpoint, m.modality, what="method.init_checkpoint")
             log.info("initialised the %s encoder from %s", m.modality, m.init_checkpoint)
         setattr(self, f"{m.modality}_encoder", encoder)
         from avssl.models.heads import ClassificationHead
