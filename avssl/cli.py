@@ -132,7 +132,7 @@ def _add_synth(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_synth(args: argparse.Namespace) -> int:
-    from avssl.data.synthetic import synthesize
+    from avssl.apps.synthetic import synthesize
     from avssl.utils import check_writable_dir
 
     check_writable_dir(args.out_dir, "OUT_DIR")
@@ -258,7 +258,7 @@ def _run_finetune(args: argparse.Namespace) -> int:
 
 # -- bench ---------------------------------------------------------------------------------------
 def _add_bench(sub: argparse._SubParsersAction) -> None:
-    from avssl.bench.models import MODELS
+    from avssl.apps.bench.models import MODELS
 
     p = sub.add_parser("bench", help="benchmarks, each measured side by side with a reference in the same run")
     bsub = p.add_subparsers(dest="bench", required=True, metavar="{data,prep,models,cma,losses}")
@@ -303,7 +303,7 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--out", default=None, help="write the rows as JSON here")
     c.set_defaults(func=_run_bench_cma)
 
-    from avssl.bench.losses import add_arguments as add_loss_bench_arguments
+    from avssl.apps.bench.losses import add_arguments as add_loss_bench_arguments
 
     lo = bsub.add_parser("losses", help="forward+backward time and memory of each loss vs an independent implementation")
     add_loss_bench_arguments(lo)
@@ -322,7 +322,7 @@ def _cuda() -> bool:
 def _run_bench_data(args: argparse.Namespace) -> int:
     if args.out:
         _output_file(args.out, "--out")
-    from avssl.bench.data import run
+    from avssl.apps.bench.data import run
 
     run(corpus=args.corpus, n_videos=args.videos, n_clips=args.clips, workers=args.workers, out=args.out)
     return 0
@@ -331,7 +331,7 @@ def _run_bench_data(args: argparse.Namespace) -> int:
 def _run_bench_prep(args: argparse.Namespace) -> int:
     if args.out:
         _output_file(args.out, "--out")
-    from avssl.bench.prep import run
+    from avssl.apps.bench.prep import run
 
     run(
         n_videos=args.videos,
@@ -347,7 +347,7 @@ def _run_bench_prep(args: argparse.Namespace) -> int:
 def _run_bench_cma(args: argparse.Namespace) -> int:
     if args.out:
         _output_file(args.out, "--out")
-    from avssl.bench.cma import main
+    from avssl.apps.bench.cma import main
 
     argv = ["--sizes", *map(str, args.sizes), "--dim", str(args.dim), "--k", str(args.k), "--chunk-size",
             str(args.chunk_size), "--agreement", args.agreement, "--naive-max-n", str(args.naive_max_n)]
@@ -360,7 +360,7 @@ def _run_bench_cma(args: argparse.Namespace) -> int:
 
 
 def _run_bench_losses(args: argparse.Namespace) -> int:
-    from avssl.bench.losses import run_from_args
+    from avssl.apps.bench.losses import run_from_args
 
     run_from_args(args)
     return 0
@@ -369,7 +369,7 @@ def _run_bench_losses(args: argparse.Namespace) -> int:
 def _run_bench_models(args: argparse.Namespace) -> int:
     if args.out:
         _output_file(args.out, "--out")
-    from avssl.bench.models import run
+    from avssl.apps.bench.models import run
 
     run(
         names=args.names,
@@ -489,7 +489,7 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_demo(args: argparse.Namespace) -> int:
-    from avssl.demo import run_demo, run_image_demo
+    from avssl.apps.demo import run_demo, run_image_demo
     from avssl.utils import check_writable_dir
 
     check_writable_dir(args.out, "--out")
@@ -497,7 +497,7 @@ def _run_demo(args: argparse.Namespace) -> int:
         run_image_demo(out=args.out, epochs=args.epochs, seed=args.seed, image_set=args.image_set)
         return 0
 
-    from avssl.demo import DEMO_METHODS
+    from avssl.apps.demo import DEMO_METHODS
 
     run_demo(out=args.out, classes=args.classes, per_class=args.per_class, seconds=args.seconds, size=args.size,
              epochs=args.epochs, seed=args.seed, workers=args.workers, methods=tuple(args.methods or DEMO_METHODS))
@@ -506,7 +506,7 @@ def _run_demo(args: argparse.Namespace) -> int:
 
 # -- compare -------------------------------------------------------------------------------------
 def _add_compare(sub: argparse._SubParsersAction) -> None:
-    from avssl.compare import entry_names
+    from avssl.apps.compare import entry_names
 
     p = sub.add_parser("compare", help="every method on the synthetic corpus, same encoder and budget: one table")
     p.add_argument("--out", default="compare_out")
@@ -525,7 +525,7 @@ def _add_compare(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_compare(args: argparse.Namespace) -> int:
-    from avssl.compare import run_compare
+    from avssl.apps.compare import run_compare
     from avssl.utils import check_writable_dir
 
     check_writable_dir(args.out, "--out")

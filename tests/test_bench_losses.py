@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from avssl.bench.losses import LOSSES, format_table, grid, main, run_loss_bench
+from avssl.apps.bench.losses import LOSSES, format_table, grid, main, run_loss_bench
 
 
 def test_grid_sweeps_dims_for_barlow_only():

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from avssl.bench import models as bench
+from avssl.apps.bench import models as bench
 
 
 def test_run_r2plus1d_smoke(tmp_path, capsys):

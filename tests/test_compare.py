@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from avssl.compare import ENTRIES, markdown_table, run_compare, summarise, summary_rows
+from avssl.apps.compare import ENTRIES, markdown_table, run_compare, summarise, summary_rows
 
 
 def test_summarise_mean_and_sample_std():
@@ -33,7 +33,7 @@ def test_summary_rows_group_by_method_and_protocol():
 def test_every_entry_has_a_config():
     import os
 
-    from avssl.compare import CONFIG_ROOT
+    from avssl.apps.compare import CONFIG_ROOT
     from avssl.config import load_config
 
     for e in ENTRIES:

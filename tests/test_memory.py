@@ -296,7 +296,7 @@ def test_distributed_updates_keep_ranks_identical(tmp_path):
 
 
 def test_cma_bench_rows():
-    from avssl.bench.cma import format_table, run_cma_bench
+    from avssl.apps.bench.cma import format_table, run_cma_bench
 
     rows = run_cma_bench(sizes=(300, 500), dim=16, k=5, chunk_size=64, device="cpu", naive_max_n=300,
                          measure_memory=False)

@@ -67,7 +67,7 @@ def _timed(fn: Callable[[], torch.Tensor], device: torch.device) -> Dict[str, An
 
 def _peak_bytes(fn: Callable[[], torch.Tensor], device: torch.device) -> int:
     """Peak tensor memory of ``fn()`` above what is allocated before it."""
-    from avssl.bench.models import peak_bytes
+    from avssl.apps.bench.models import peak_bytes
 
     return peak_bytes(fn, device)
 

@@ -22,7 +22,7 @@ DEMO_METHODS = ("avid_cma", "audio_clusters")
 # Methods with a joint audio-visual embedding: their audio encoder and retrieval are evaluated too.
 AUDIO_VISUAL = ("avid_cma", "xmodal_nce")
 
-CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "demo")
+CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "configs", "demo")
 
 
 def _config(name: str, out: str, overrides: List[str]) -> Any:
@@ -49,7 +49,7 @@ def run_demo(
     from rich.console import Console
 
     from avssl.data.prep import prepare, print_summary
-    from avssl.data.synthetic import synthesize
+    from avssl.apps.synthetic import synthesize
     from avssl.eval.plots import plot_training_curves
     from avssl.eval.report import print_results_table, write_results_json
     from avssl.runner import evaluate, fit

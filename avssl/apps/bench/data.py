@@ -105,7 +105,7 @@ def _corpus_rows(corpus: Optional[str], n_videos: int, workdir: str):
     from avssl.data import load_rows
 
     if corpus is None:
-        from avssl.data.synthetic import synthesize
+        from avssl.apps.synthetic import synthesize
 
         classes = 4
         corpus_dir = os.path.join(workdir, "corpus")

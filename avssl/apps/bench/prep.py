@@ -71,7 +71,7 @@ def make_corpus(root: str, n_videos: int, seconds: float, size: int, workers: in
     else clips drawn here); returns the folder of class folders."""
     classes = 4
     try:
-        from avssl.data.synthetic import synthesize
+        from avssl.apps.synthetic import synthesize
     except ImportError:
         synthesize = None
     if synthesize is not None:
@@ -160,7 +160,7 @@ def run(
     Args:
         n_videos: clips in the corpus (4 classes).
         seconds: length of each clip (25 fps, 44.1 kHz AAC).
-        size: source short side (:func:`avssl.data.synthetic.synthesize` draws square frames; without
+        size: source short side (:func:`avssl.apps.synthetic.synthesize` draws square frames; without
             that module a built-in generator draws 4:3 frames with stereo sound).
         short_side: output short side.
         workers: parallel jobs on both sides (default: the CPUs this process may use).

@@ -203,7 +203,7 @@ def _time(fn: Callable[[], torch.Tensor], leaves: Sequence[torch.Tensor], device
 
 
 def _peak(fn: Callable[[], torch.Tensor], leaves: Sequence[torch.Tensor], device: torch.device) -> float:
-    from avssl.bench.models import peak_bytes
+    from avssl.apps.bench.models import peak_bytes
 
     def step() -> torch.Tensor:
         for t in leaves:

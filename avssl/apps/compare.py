@@ -31,7 +31,7 @@ from typing import Any, Dict, List, Optional, Sequence
 
 log = logging.getLogger(__name__)
 
-CONFIG_ROOT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
+CONFIG_ROOT = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "configs")
 STAGES = ("res2", "res3", "res4", "res5")
 
 
@@ -90,7 +90,7 @@ def make_corpus(out: str, classes: int = 10, per_class: int = 24, seconds: float
     (synthesis writes a video only when it is missing; prep resumes), so a second call is cheap.
     """
     from avssl.data.prep import prepare, print_summary
-    from avssl.data.synthetic import synthesize
+    from avssl.apps.synthetic import synthesize
 
     raw = os.path.join(out, "synthetic")
     prepared = os.path.join(out, "prepared")
