@@ -167,10 +167,10 @@ def run(
         out: write the rows as JSON here.
         repeats: rounds over the three pipelines; each keeps its fastest round (and that round's CPU).
     """
-    from avssl.data.prep import _default_workers, prepare
+    from avssl.data.prep import default_workers, prepare
 
-    workers = workers or _default_workers()
-    threads = max(1, _default_workers() // workers)
+    workers = workers or default_workers()
+    threads = max(1, default_workers() // workers)
     with tempfile.TemporaryDirectory() as tmp:
         src = make_corpus(os.path.join(tmp, "corpus"), n_videos, seconds, size, workers)
         n = len(_videos(src))
