@@ -71,7 +71,7 @@ def test_torchvision_video_weights_give_torchvisions_features(name, tmp_path, ca
     torch.save(ref.state_dict(), tmp_path / f"{name}.pth")
     with caplog.at_level(logging.INFO, logger="avssl.models.weights"):
         ours = build_encoder(name, weights=str(tmp_path / f"{name}.pth"))  # format detected
-    assert f"loaded torchvision weights into {name} (detected torchvision)" in caplog.text
+    assert f"loaded torchvision weights into {name}, format detected from the keys" in caplog.text
     assert "left out the classifier the encoder has no place for: fc.weight, fc.bias" in caplog.text
     ref.fc = nn.Identity()
     x = torch.randn(1, 3, 4, 32, 32)
@@ -297,8 +297,9 @@ def test_pyslowfast_checkpoint_gives_pyslowfasts_features(name, arch, tmp_path, 
                 "cfg": "MODEL:\n  ARCH: " + arch + "\n"}, path)
     with caplog.at_level(logging.INFO, logger="avssl.models.weights"):
         ours = build_encoder(name, base_channels=16, weights=str(path))
-    assert f"loaded pyslowfast weights into {name} (detected pyslowfast)" in caplog.text
-    assert "left out the classifier the encoder has no place for: head.projection.weight, head.projection.bias" in caplog.text
+    assert f"loaded pyslowfast weights into {name}, format detected from the keys" in caplog.text
+    assert ("left out the classifier the encoder has no place for: head.projection.weight, head.projection.bias"
+            in caplog.text)
     fast = torch.randn(2, 3, 8, 32, 32)
     inputs = [fast[:, :, ::4], fast] if arch == "slowfast" else [fast]
     with torch.no_grad():
@@ -328,7 +329,8 @@ def avid_release_shapes(c: int = 64, proj: Sequence[int] = (512, 512, 128)) -> S
         cin = out
     shapes |= {"audio_model.conv1.0.weight": (c, 1, 7, 7)} | _bn_keys("audio_model.conv1.1", c)
     for b, (ci, co) in enumerate([(c, c), (c, 2 * c), (2 * c, 4 * c), (4 * c, 8 * c)], start=1):
-        shapes |= {f"audio_model.block{b}.conv1.weight": (co, ci, 3, 3), f"audio_model.block{b}.conv2.weight": (co, co, 3, 3)}
+        shapes |= {f"audio_model.block{b}.conv1.weight": (co, ci, 3, 3),
+                   f"audio_model.block{b}.conv2.weight": (co, co, 3, 3)}
         shapes |= _bn_keys(f"audio_model.block{b}.bn1", co) | _bn_keys(f"audio_model.block{b}.bn2", co)
     for m in ("video", "audio"):
         d = 8 * c
@@ -387,8 +389,8 @@ def test_avid_cma_release_checkpoint_gives_avid_cmas_video_and_audio_features(tm
     with caplog.at_level(logging.INFO, logger="avssl.models.weights"):
         video = build_encoder("r2plus1d_18_avid", base_channels=8, weights=str(path))
         audio = build_encoder("avid_audio_conv", base_channels=8, weights=str(path))
-    assert "loaded avid_cma weights (part video_model) into r2plus1d_18_avid (detected avid_cma)" in caplog.text
-    assert "loaded avid_cma weights (part audio_model) into avid_audio_conv (detected avid_cma)" in caplog.text
+    for part, name in (("video_model", "r2plus1d_18_avid"), ("audio_model", "avid_audio_conv")):
+        assert f"loaded avid_cma weights (part {part}) into {name}, format detected from the keys" in caplog.text
     x = torch.randn(2, 3, 8, 32, 32)
     spect = torch.randn(2, 1, 40, 24)  # avssl: B×1×F×T
     with torch.no_grad():
@@ -488,7 +490,8 @@ def test_weights_specs_and_parts(tmp_path):
     other = build_encoder("r3d_tiny")
     ckpt = {"state_dict": {**{f"target_encoder.{k}": v for k, v in other.state_dict().items()},
                            **{f"video_encoder.{k}": v for k, v in enc.state_dict().items()},
-                           **{f"audio_encoder.{k}": v for k, v in build_encoder("audio_conv_tiny").state_dict().items()}},
+                           **{f"audio_encoder.{k}": v
+                              for k, v in build_encoder("audio_conv_tiny").state_dict().items()}},
             "global_step": 3}
     assert same(load_weights(build_encoder("r3d_tiny"), ckpt), enc)
     assert same(load_weights(build_encoder("r3d_tiny"), ckpt, part="target_encoder"), other)

@@ -33,13 +33,19 @@ class SupervisedConfig(BaseMethodConfig):
     classifier_warmup_epochs: int = 0  # train only the classifier for this many epochs first
 
 
-def load_encoder_weights(encoder: nn.Module, checkpoint: str, what: Optional[str] = None) -> None:
-    """Load ``checkpoint`` into ``encoder`` (strict): an avssl checkpoint (its part that fits, e.g.
-    ``video_encoder``), a weights file of any format :func:`~avssl.models.load_weights` reads, or
-    ``FORMAT:PATH``; ``what`` (the config key that named the file) starts the message of an error."""
-    from avssl.models.weights import load_weights
+def load_encoder_weights(encoder: nn.Module, checkpoint: str, modality: str, what: Optional[str] = None) -> None:
+    """Load ``checkpoint`` into ``encoder`` (strict): an avssl checkpoint's ``{modality}_encoder`` part, or any
+    weights file :func:`~avssl.models.load_weights` reads (format detected), or ``FORMAT:PATH``; ``what`` (the
+    config key that named the file) starts the message of an error."""
+    from avssl.checkpoint import load_checkpoint
+    from avssl.models.weights import load_weights, split_weights_spec
 
-    load_weights(encoder, checkpoint, what=what)
+    fmt, path = split_weights_spec(checkpoint)
+    state = load_checkpoint(path, what=what)
+    sd = state.get("state_dict", state)
+    prefix = f"{modality}_encoder."
+    part = prefix[:-1] if any(str(k).startswith(prefix) for k in sd) else None
+    load_weights(encoder, state, format=fmt, part=part, what=f"{what}: {path}" if what else str(path))
 
 
 @METHODS.register("supervised")
@@ -59,7 +65,7 @@ class Supervised(Method):
         enc_cfg = cfg.model.video if m.modality == "video" else cfg.model.audio
         encoder = self.make_encoder(enc_cfg)
         if m.init_checkpoint:
-            load_encoder_weights(encoder, m.init_checkpoint, what="method.init_checkpoint")
+            load_encoder_weights(encoder, m.init_checkpoint, m.modality, what="method.init_checkpoint")
             log.info("initialised the %s encoder from %s", m.modality, m.init_checkpoint)
         setattr(self, f"{m.modality}_encoder", encoder)
         from avssl.models.heads import ClassificationHead

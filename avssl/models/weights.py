@@ -175,7 +175,8 @@ def _pytorchvideo_slowfast(audio: bool) -> KeyMap:
     """pytorchvideo ``create_slowfast`` / ``create_audio_visual_slowfast``: blocks.N.multipathway_blocks.P
     (P = 0 slow, 1 fast, 2 audio) and blocks.N.multipathway_fusion (a Sequential in the audio-visual model)."""
     if audio:
-        fuse_rules = ((r"^fast_to_slow\.conv\.", "block_fast_to_slow.0."), (r"^fast_to_slow\.bn\.", "block_fast_to_slow.1."),
+        fuse_rules = ((r"^fast_to_slow\.conv\.", "block_fast_to_slow.0."),
+                      (r"^fast_to_slow\.bn\.", "block_fast_to_slow.1."),
                       (r"^audio_to_slow\.", "block_audio_to_fastslow."))
     else:
         fuse_rules = ((r"^fast_to_slow\.conv\.", "conv_fast_to_slow."), (r"^fast_to_slow\.bn\.", "norm."))
@@ -232,8 +233,9 @@ def _pyslowfast_slowfast(k: str) -> Optional[str]:
     return r and f"s{s}.pathway{p}_res{u[1]}.{r}"
 
 
-_AVID_UNIT = ((r"^conv([12])_s\.", r"spt_conv\1."), (r"^bn([12])_s\.", r"spt_bn\1."), (r"^conv([12])_t\.", r"tmp_conv\1."),
-              (r"^bn1_t\.", "tmp_bn1."), (r"^bn_out\.", "out_bn."), (r"^shortcut\.", "res_conv."))
+_AVID_UNIT = ((r"^conv([12])_s\.", r"spt_conv\1."), (r"^bn([12])_s\.", r"spt_bn\1."),
+              (r"^conv([12])_t\.", r"tmp_conv\1."), (r"^bn1_t\.", "tmp_bn1."), (r"^bn_out\.", "out_bn."),
+              (r"^shortcut\.", "res_conv."))
 
 
 def _avid_video(k: str) -> Optional[str]:
@@ -434,9 +436,8 @@ def load_weights(encoder: nn.Module, source: Source, format: str = "auto", part:
     new_state = _check_and_convert(best, own, sd, name, label)
     encoder.load_state_dict(new_state, strict=True)
     where = f" (part {best.prefix[:-1]})" if best.prefix else ""
-    how = "detected" if format == "auto" else "as"
-    log.info("%s: loaded %s weights%s into %s (%s %s)", name, best.layout.format, where, label, how,
-             best.layout.format)
+    how = ", format detected from the keys" if format == "auto" else ""
+    log.info("%s: loaded %s weights%s into %s%s", name, best.layout.format, where, label, how)
     return encoder
 
 
