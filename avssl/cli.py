@@ -20,6 +20,7 @@ from avssl.apps.options import existing_file as _existing_file
 from avssl.apps.options import float_in as _float_in
 from avssl.apps.options import int_at_least as _int_at_least
 from avssl.apps.options import output_file as _output_file
+from avssl.apps.options import weights_file as _weights_file
 
 log = logging.getLogger("avssl")
 
@@ -166,8 +167,9 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     f = sub.add_parser("finetune", help="fine-tune a pretrained encoder with a classifier (supervised)")
     f.add_argument("config")
     f.add_argument("overrides", nargs="*")
-    f.add_argument("--checkpoint", required=True, type=_existing_file,
-                   help="pretraining checkpoint whose encoder initialises the model")
+    f.add_argument("--checkpoint", required=True, type=_weights_file,
+                   help="weights that initialise the encoder: an avssl checkpoint, a weights file (format detected) "
+                        "or FORMAT:PATH, FORMAT one of avssl, torchvision, pytorchvideo, pyslowfast, avid_cma")
     f.add_argument("--no-resume", action="store_true",
                    help="start afresh; a run already in OUTPUT_DIR is moved into OUTPUT_DIR/previous-<time>/")
     f.set_defaults(func=_run_finetune)
@@ -211,6 +213,30 @@ def _run_finetune(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, [*args.overrides, f"method.init_checkpoint={args.checkpoint}"])
     _writable_output_dir(cfg)
     return _train(cfg, resume=not args.no_resume)
+
+
+# -- export --------------------------------------------------------------------------------------
+def _add_export(sub: argparse._SubParsersAction) -> None:
+    from avssl.models.weights import FORMATS
+
+    p = sub.add_parser("export", help="write an encoder of a checkpoint as a plain state dict (+ FILE.json)")
+    p.add_argument("checkpoint", type=_existing_file, help="an avssl training checkpoint")
+    p.add_argument("--out", required=True, help="the weights file to write; its description goes to OUT.json")
+    p.add_argument("--format", default="avssl", choices=list(FORMATS),
+                   help="whose key names to write (default avssl; torchvision for r3d_18/mc3_18/r2plus1d_18 …)")
+    p.add_argument("--part", default=None,
+                   help="which encoder: video_encoder, audio_encoder, … (default: the checkpoint's only one)")
+    p.set_defaults(func=_run_export)
+
+
+def _run_export(args: argparse.Namespace) -> int:
+    from avssl.models.export import export_encoder
+
+    _output_file(args.out, "--out")
+    meta = export_encoder(args.checkpoint, args.out, format=args.format, part=args.part)
+    log.info("wrote %s (%s %s, %d tensors, %s layout) and %s.json", args.out, meta["part"], meta["encoder"],
+             meta["tensors"], meta["format"], args.out)
+    return 0
 
 
 # -- bench ---------------------------------------------------------------------------------------
@@ -436,6 +462,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_prep(sub)
     _add_train(sub)
     _add_eval(sub)
+    _add_export(sub)
     _add_bench(sub)
     _add_demo(sub)
     _add_compare(sub)

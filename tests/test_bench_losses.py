@@ -18,7 +18,7 @@ def test_grid_sweeps_dims_for_barlow_only():
 @pytest.mark.parametrize("use_lightly", [False, True])
 def test_every_loss_agrees_with_its_reference(use_lightly):
     if use_lightly:
-        pytest.importorskip("lightly.loss")
+        pytest.importorskip("lightly.loss", reason="lightly is optional: pip install avssl[bench]")
     rows = measure(LOSSES, batch_sizes=[8, 16], dims=[16, 32], other_dim=16, device="cpu", repeats=1,
                    measure_memory=False, use_lightly=use_lightly, progress=False)
     assert len(rows) == 6 * 2 + 2 * 2

@@ -56,6 +56,18 @@ def existing_file(text: str) -> str:
     return text
 
 
+def weights_file(text: str) -> str:
+    """A weights file that must exist, optionally as ``FORMAT:PATH`` (see :func:`avssl.models.load_weights`)."""
+    from avssl.models.weights import WeightsError, split_weights_spec
+
+    try:
+        _, path = split_weights_spec(text)
+    except WeightsError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    existing_file(path)
+    return text
+
+
 def existing_dir(text: str) -> str:
     """An input folder that must exist."""
     if not os.path.isdir(text):
