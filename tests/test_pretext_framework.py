@@ -7,8 +7,9 @@ import pytest
 import torch
 
 from avssl.config import build_config
+from avssl.data.batch import first_view
 from avssl.methods import available_methods, build_method
-from avssl.methods.pretext import available_pretext_tasks, build_pretext_task, encoder_out_dim, select_view
+from avssl.pretext import available_pretext_tasks, build_pretext_task, encoder_out_dim
 
 TASKS = ["temporal_order", "vcop", "tracking_triplet", "rotation", "jigsaw", "relative_position", "pirl"]
 VIDEO = {"name": "r3d_tiny", "kwargs": {"base_channels": 4}}
@@ -39,12 +40,12 @@ def test_meta_device_out_dim_matches_the_built_encoder():
     assert encoder_out_dim(cfg.model.video) == build_encoder("r3d_tiny", base_channels=4).out_dim
 
 
-def test_select_view_takes_the_first_view_and_checks_shapes():
+def test_first_view_takes_the_first_view_and_checks_shapes():
     x = torch.randn(2, 3, 3, 4, 8, 8)
-    assert torch.equal(select_view(x, "video"), x[:, 0])
-    assert select_view(x[:, 0], "video") is not None and select_view(x[:, 0], "video").shape == (2, 3, 4, 8, 8)
+    assert torch.equal(first_view(x, "video"), x[:, 0])
+    assert first_view(x[:, 0], "video") is not None and first_view(x[:, 0], "video").shape == (2, 3, 4, 8, 8)
     with pytest.raises(ValueError, match="B×C×T×H×W"):
-        select_view(torch.randn(2, 3, 8), "video")
+        first_view(torch.randn(2, 3, 8), "video")
 
 
 def test_task_as_method_trains_its_encoder():
