@@ -11,7 +11,7 @@ from avssl.checkpoint import load_checkpoint
 from avssl.config import build_config, load_config
 from avssl.losses.audiovisual import AVIDLoss, CMALoss
 from avssl.methods import build_method
-from avssl.runner import fit, load_method
+from avssl.engine import fit, load_method
 from conftest import tiny_overrides
 
 

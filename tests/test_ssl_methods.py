@@ -332,7 +332,7 @@ def test_byol_on_video_clips_resumes_exactly(synth_corpus, tmp_path):
     from conftest import tiny_overrides
 
     from avssl.config import load_config
-    from avssl.runner import fit
+    from avssl.engine import fit
 
     class StopAfterOneEpoch(L.Callback):
         def on_train_epoch_end(self, trainer, pl_module):
