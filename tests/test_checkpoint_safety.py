@@ -11,7 +11,7 @@ import torch
 
 from avssl.checkpoint import CheckpointError, CheckpointNotFoundError, load_checkpoint
 from avssl.config import load_config
-from avssl.runner import fit
+from avssl.engine import fit
 from conftest import tiny_overrides
 
 HERE = os.path.dirname(os.path.abspath(__file__))

@@ -18,7 +18,7 @@ from avssl.checkpoint import LAST, PREVIOUS, CheckpointError, load_checkpoint
 from avssl.config import build_config, load_config, to_dict
 from avssl.engine import STOP_SIGNALS, TrainingInterrupted
 from avssl.errors import UserError
-from avssl.runner import fit, incompatible_keys
+from avssl.engine import fit, incompatible_keys
 from conftest import tiny_overrides
 from fault_cli import SignalAtStep
 

@@ -12,7 +12,7 @@ import torch
 from avssl.checkpoint import load_checkpoint
 from avssl.config import load_config
 from avssl.errors import NonFiniteLossError
-from avssl.runner import fit, load_method
+from avssl.engine import fit, load_method
 from conftest import tiny_overrides
 
 HERE = os.path.dirname(__file__)
