@@ -209,7 +209,8 @@ def run_compare(
     from rich.console import Console
 
     from avssl.eval.report import write_results_json
-    from avssl.runner import evaluate, fit
+    from avssl.engine import fit
+    from avssl.eval import evaluate
     from avssl.utils import atomic_write_text
 
     console = Console()

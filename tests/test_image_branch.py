@@ -43,7 +43,8 @@ def test_augment_kwargs_that_do_not_fit_the_recipe_name_the_key(tmp_path):
 
 
 def test_image_method_trains_and_its_encoder_is_evaluated(tmp_path):
-    from avssl.runner import evaluate, fit
+    from avssl.engine import fit
+    from avssl.eval import evaluate
 
     cfg = _digits_cfg("simclr", tmp_path)
     ckpt = fit(cfg, resume=False)
@@ -54,7 +55,7 @@ def test_image_method_trains_and_its_encoder_is_evaluated(tmp_path):
 
 
 def test_random_init_needs_the_modality_encoder_in_the_config(tmp_path):
-    from avssl.runner import encoder_from
+    from avssl.eval import encoder_from
 
     cfg = _digits_cfg("simclr", tmp_path)
     assert encoder_from(cfg, None, "image").out_dim == 64
