@@ -141,41 +141,49 @@ def _frozen(cfg: Any, checkpoint: Optional[str], opts: Dict[str, Any]) -> Frozen
                           progress=opts.get("progress", True))
 
 
-@PROTOCOLS.register("linear")
-def linear(cfg: Any, checkpoint: Optional[str], **opts: Any) -> List[Row]:
+def frozen_protocol(name: str) -> Callable[[Callable[[Extracted, Any], Dict[str, Any]]], Callable[..., List[Row]]]:
+    """Register ``score(extracted, cfg) -> metrics`` as the protocol ``name`` on frozen features: it gets the
+    call's shared features (:class:`FrozenFeatures`) and gives one row, timed from after the extraction."""
+    def register(score: Callable[[Extracted, Any], Dict[str, Any]]) -> Callable[..., List[Row]]:
+        def run(cfg: Any, checkpoint: Optional[str], **opts: Any) -> List[Row]:
+            f = _frozen(cfg, checkpoint, opts)
+            x = f.get()
+            t0 = time.perf_counter()
+            return [f.row(name, score(x, cfg), t0)]
+
+        run.__doc__, run.__name__ = score.__doc__, score.__name__
+        return PROTOCOLS.register(name)(run)
+
+    return register
+
+
+@frozen_protocol("linear")
+def linear(x: Extracted, cfg: Any) -> Dict[str, Any]:
     """Linear probe on frozen features (``eval.linear_*``), tested per video."""
     from avssl.eval.linear import linear_evaluate
 
-    f = _frozen(cfg, checkpoint, opts)
-    x, e = f.get(), cfg.eval
-    t0 = time.perf_counter()
-    m = linear_evaluate(x.pick(x.train["features"]), x.train["labels"], x.pick(x.test["features"]), x.test["labels"],
-                        x.num_classes, test_video_index=x.test["index"], mode=e.aggregation, epochs=e.linear_epochs,
-                        lr=e.linear_lr, weight_decay=e.linear_weight_decay, seed=cfg.seed)
-    return [f.row("linear", m, t0)]
+    e = cfg.eval
+    return linear_evaluate(x.pick(x.train["features"]), x.train["labels"], x.pick(x.test["features"]),
+                           x.test["labels"], x.num_classes, test_video_index=x.test["index"], mode=e.aggregation,
+                           epochs=e.linear_epochs, lr=e.linear_lr, weight_decay=e.linear_weight_decay, seed=cfg.seed)
 
 
-@PROTOCOLS.register("knn")
-def knn(cfg: Any, checkpoint: Optional[str], **opts: Any) -> List[Row]:
+@frozen_protocol("knn")
+def knn(x: Extracted, cfg: Any) -> Dict[str, Any]:
     """Weighted kNN (``eval.knn_k``, ``eval.knn_temperature``) on frozen features, tested per video."""
     from avssl.eval.knn import knn_evaluate
 
-    f = _frozen(cfg, checkpoint, opts)
-    x, e = f.get(), cfg.eval
-    t0 = time.perf_counter()
-    m = knn_evaluate(x.pick(x.train["features"]), x.train["labels"], x.pick(x.test["features"]), x.test["labels"],
-                     x.num_classes, k=e.knn_k, temperature=e.knn_temperature, test_video_index=x.test["index"])
-    return [f.row("knn", m, t0)]
+    e = cfg.eval
+    return knn_evaluate(x.pick(x.train["features"]), x.train["labels"], x.pick(x.test["features"]), x.test["labels"],
+                        x.num_classes, k=e.knn_k, temperature=e.knn_temperature, test_video_index=x.test["index"])
 
 
-@PROTOCOLS.register("folds")
-def folds(cfg: Any, checkpoint: Optional[str], **opts: Any) -> List[Row]:
+@frozen_protocol("folds")
+def folds(x: Extracted, cfg: Any) -> Dict[str, Any]:
     """ESC-50's shape: every video of both parts in 5 stratified folds, a linear probe per held-out fold."""
     from avssl.eval.linear import cross_validated_linear_probe, stratified_folds
 
-    f = _frozen(cfg, checkpoint, opts)
-    x, e = f.get(), cfg.eval
-    t0 = time.perf_counter()
+    e = cfg.eval
     feats = torch.cat([x.pick(x.train["features"]), x.pick(x.test["features"])])
     labels = torch.cat([x.train["labels"], x.test["labels"]])
     index = torch.cat([x.train["index"], x.test["index"] + int(x.train["index"].max()) + 1])
@@ -186,7 +194,7 @@ def folds(cfg: Any, checkpoint: Optional[str], **opts: Any) -> List[Row]:
                                      epochs=e.linear_epochs, lr=e.linear_lr, weight_decay=e.linear_weight_decay,
                                      seed=cfg.seed)
     m.update({"video_top5": float("nan"), "mean_class_accuracy": float("nan")})
-    return [f.row("folds", m, t0)]
+    return m
 
 
 @PROTOCOLS.register("layerwise")
