@@ -76,6 +76,7 @@ def test_last_checkpoint_is_written_at_every_epoch_end_with_the_previous_kept(sy
 
 
 # -- case 2 and 4: kill -9, then rerun the same command ------------------------------------------------
+@pytest.mark.slow
 def test_kill_9_anywhere_then_rerun_reaches_the_uninterrupted_weights(synth_corpus, tmp_path, reference):
     out = tmp_path / "run"
     args = ["pretrain", CONFIG, *tiny_overrides(synth_corpus, out, **RUN)]
