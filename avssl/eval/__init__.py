@@ -7,7 +7,6 @@
 from avssl.eval.features import extract_features, load_features, pool_stage, save_features
 from avssl.eval.knn import knn_evaluate, knn_predict
 from avssl.eval.linear import LinearProbe, layerwise_linear_probe, linear_evaluate, probe_predict, train_linear_probe
-from avssl.eval.protocols import PROTOCOLS, available_protocols, encoder_from, evaluate
 from avssl.eval.metrics import (
     aggregate_labels,
     aggregate_views,
@@ -17,6 +16,7 @@ from avssl.eval.metrics import (
     per_class_accuracy,
     top_k_accuracy,
 )
+from avssl.eval.protocols import PROTOCOLS, available_protocols, encoder_from, evaluate
 from avssl.eval.report import print_results_table, write_results_json
 
 __all__ = [
