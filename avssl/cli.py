@@ -185,8 +185,7 @@ def _run_pretrain(args: argparse.Namespace) -> int:
 
 def _train(cfg: Any, resume: bool) -> int:
     """Train; a stop signal exits with 128 + its number (143 for SIGTERM), after saving, so schedulers see it."""
-    from avssl.engine import TrainingInterrupted
-    from avssl.runner import fit
+    from avssl.engine import TrainingInterrupted, fit
 
     try:
         last = fit(cfg, resume=resume)
@@ -268,7 +267,9 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     p.add_argument("overrides", nargs="*")
     p.add_argument("--checkpoint", type=_existing_file, default=None,
                    help="trained checkpoint (omit for a randomly initialised encoder)")
-    p.add_argument("--protocol", action="append", choices=["linear", "knn", "folds", "finetune", "retrieval"],
+    from avssl.eval.protocols import available_protocols
+
+    p.add_argument("--protocol", action="append", choices=available_protocols(),
                    help="repeatable; default: the config's eval.protocols")
     p.add_argument("--modality", choices=["video", "audio", "image"], default=None)
     p.add_argument("--plot", action="store_true", help="save a 2-D embedding map of the held-out features (PNG)")
@@ -288,30 +289,17 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
 
 def _run_eval(args: argparse.Namespace) -> int:
     from avssl.config import load_config
+    from avssl.eval import evaluate
     from avssl.eval.report import print_results_table, write_results_json
-    from avssl.errors import UserError
-    from avssl.runner import evaluate
     from avssl.utils import check_writable_dir
 
     cfg = load_config(args.config, args.overrides)
-    protocols = args.protocol or list(cfg.eval.protocols)
     out = check_writable_dir(args.out or os.path.join(cfg.output_dir, "eval"), "--out" if args.out else "output_dir/eval")
-    rows = []
-    frozen = [p for p in protocols if p not in ("finetune", "retrieval")]
-    if frozen:
-        rows += evaluate(cfg, args.checkpoint, protocols=frozen, modality=args.modality, out_dir=out, plot=args.plot)
-    if "finetune" in protocols:
-        from avssl.eval.finetune import finetune_and_evaluate
-
-        rows.append(finetune_and_evaluate(cfg, args.checkpoint))
-    if "retrieval" in protocols:
-        from avssl.eval.retrieval import retrieval_evaluate
-
-        if not args.checkpoint:
-            raise UserError("--protocol retrieval needs --checkpoint of an audio-visual method")
-        r = retrieval_evaluate(cfg, args.checkpoint)
-        print_results_table([{"protocol": "retrieval", **r}], title=f"video↔audio retrieval on held-out videos: {args.checkpoint}")
-        rows.append({"protocol": "retrieval", **r})
+    rows = evaluate(cfg, args.checkpoint, protocols=args.protocol or list(cfg.eval.protocols), modality=args.modality,
+                    out_dir=out, plot=args.plot)
+    retrieval = [r for r in rows if r.get("protocol") == "retrieval"]
+    if retrieval:
+        print_results_table(retrieval, title=f"video↔audio retrieval on held-out videos: {args.checkpoint}")
     shown = ("encoder", "modality", "protocol", "clip_top1", "video_top1", "video_top5", "mean_class_accuracy", "wall_s")
     rows_shown = [r for r in rows if r.get("protocol") != "retrieval"]
     if rows_shown:
@@ -328,8 +316,8 @@ def _run_extract(args: argparse.Namespace) -> int:
 
     from avssl.config import load_config
     from avssl.data.datamodule import make_dataset
+    from avssl.eval import encoder_from
     from avssl.eval.features import extract_features, save_features
-    from avssl.runner import encoder_from
 
     cfg = load_config(args.config, args.overrides)
     _output_file(args.output, "--output")
@@ -432,7 +420,7 @@ def _add_cma_figure(sub: argparse._SubParsersAction) -> None:
 
 def _run_cma_figure(args: argparse.Namespace) -> int:
     from avssl.config import load_config
-    from avssl.runner import cma_figure
+    from avssl.eval.plots import cma_figure
 
     cfg = load_config(args.config, args.overrides)
     _output_file(args.out, "--out")

@@ -212,6 +212,7 @@ def test_python_tag_is_refused_not_run_in_a_real_process(ws):
     assert not (ws / "pwned").exists()
 
 
+@pytest.mark.slow
 def test_debug_shows_the_traceback_of_a_user_error(ws):
     proc = _cli(["--debug", "pretrain", str(ws / "base.yaml"), "data.batch_size=-1"], ws)
     assert proc.returncode == 1, proc.stderr
