@@ -9,7 +9,7 @@ import sys
 from lightning.pytorch.callbacks import Callback
 
 import avssl.engine.runs
-from avssl.cli import main
+from avssl.apps.cli import main
 
 
 class SignalAtStep(Callback):

@@ -62,7 +62,7 @@ def test_every_cli_checkpoint_flag_refuses_a_checkpoint_that_runs_code(synth_cor
         "cma-figure": ["cma-figure", CONFIG, *overrides, "--checkpoint", str(evil), "--out", str(tmp_path / "f.png")],
     }
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": ROOT, "COLUMNS": "1000"}
-    procs = {name: subprocess.Popen([sys.executable, "-m", "avssl.cli", *cmd], env=env, stdout=subprocess.PIPE,
+    procs = {name: subprocess.Popen([sys.executable, "-m", "avssl", *cmd], env=env, stdout=subprocess.PIPE,
                                     stderr=subprocess.STDOUT, text=True) for name, cmd in commands.items()}
     for name, proc in procs.items():
         text, _ = proc.communicate(timeout=300)

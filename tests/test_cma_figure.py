@@ -41,7 +41,7 @@ def test_figure_from_an_avid_cma_checkpoint(synth_corpus, tmp_path):
         assert 0 not in table[kind][0] and 7 not in table[kind][1]  # never the reference itself
 
     # The same from the command line, with the config the run saved.
-    from avssl.cli import main
+    from avssl.apps.cli import main
 
     out = tmp_path / "cli.png"
     assert main(["cma-figure", str(tmp_path / "config.yaml"), "--checkpoint", ckpt, "--refs", "2", "--k", "2",

@@ -34,7 +34,7 @@ def test_frozen_protocols_share_one_extraction_per_part(synth_corpus, tmp_path, 
 
 
 def test_a_registered_protocol_runs_from_evaluate_and_the_cli(synth_corpus, tmp_path, monkeypatch):
-    from avssl.cli import main
+    from avssl.apps.cli import main
 
     def echo(cfg, checkpoint, **opts):
         return [{"encoder": opts["name"] or "random init", "protocol": "echo", "seed": cfg.seed}]

@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from avssl.cli import main
+from avssl.apps.cli import main
 from avssl.config import load_config
 from avssl.models import build_encoder, export_weights
 from avssl.engine import fit

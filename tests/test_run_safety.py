@@ -103,7 +103,7 @@ def test_kill_9_anywhere_then_rerun_reaches_the_uninterrupted_weights(synth_corp
 # -- case 3: SIGTERM saves the current step and exits non-zero ----------------------------------------
 def test_sigterm_to_avssl_pretrain_saves_the_step_exits_143_and_the_rerun_is_exact(synth_corpus, tmp_path, reference):
     out = tmp_path / "run"
-    cmd = [sys.executable, "-m", "avssl.cli", "pretrain", CONFIG, *tiny_overrides(synth_corpus, out, **RUN)]
+    cmd = [sys.executable, "-m", "avssl", "pretrain", CONFIG, *tiny_overrides(synth_corpus, out, **RUN)]
     proc = subprocess.Popen(cmd, env=_cli_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     last = out / "checkpoints" / LAST
     deadline = time.monotonic() + 240
