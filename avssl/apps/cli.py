@@ -317,7 +317,7 @@ def _run_extract(args: argparse.Namespace) -> int:
     from torch.utils.data import DataLoader
 
     from avssl.config import load_config
-    from avssl.data.datamodule import make_dataset
+    from avssl.data.datamodule import item_names, make_dataset
     from avssl.eval import encoder_from
     from avssl.eval.features import extract_features, save_features
 
@@ -328,7 +328,7 @@ def _run_extract(args: argparse.Namespace) -> int:
     loader = DataLoader(ds, batch_size=cfg.data.batch_size, num_workers=cfg.data.num_workers)
     feats = extract_features(encoder, loader, device="cuda" if torch.cuda.is_available() else "cpu",
                              modality=args.modality, stages=args.stages or None)
-    feats["paths"] = [r.path for r in ds.rows]
+    feats["paths"] = item_names(ds)
     save_features(args.output, feats)
     log.info("wrote %s (%d views of %d videos)", args.output, len(feats["labels"]), len(ds))
     return 0
