@@ -11,6 +11,8 @@ protocol        what it measures
                 multi-view testing on the val part
 ``retrieval``   video→audio and audio→video recall@k among the val videos, in an audio-visual method's
                 joint space
+``test``        a fine-tuned classifier's multi-view test on the val part (``avssl test``): per-video
+                predictions (CSV) and the confusion matrix (PNG) in the output folder
 =============== =========================================================================================
 
 A protocol is a function ``(cfg, checkpoint, **opts) -> list of rows`` registered in :data:`PROTOCOLS`
@@ -230,8 +232,19 @@ def retrieval(cfg: Any, checkpoint: Optional[str], **opts: Any) -> List[Row]:
     return [{"encoder": opts.get("name") or encoder_name(checkpoint), "protocol": "retrieval", **r}]
 
 
+@PROTOCOLS.register("test")
+def multiview(cfg: Any, checkpoint: Optional[str], **opts: Any) -> List[Row]:
+    """Multi-view test of the fine-tuned classifier of ``checkpoint`` on the val part (``data.test_clips`` ×
+    ``data.test_crops`` views); with ``out_dir``, per-video predictions and the confusion matrix go there."""
+    from avssl.eval.testing import checkpoint_test
+
+    _check_checkpoint("test", checkpoint)
+    assert checkpoint is not None
+    return [checkpoint_test(cfg, checkpoint, out_dir=opts.get("out_dir"), name=opts.get("name"))]
+
+
 #: Protocols that evaluate a trained model only (no random-init baseline), and what it must be.
-NEEDS_CHECKPOINT = {"retrieval": "an audio-visual method"}
+NEEDS_CHECKPOINT = {"retrieval": "an audio-visual method", "test": "a fine-tuned model (avssl finetune)"}
 
 
 def _check_checkpoint(protocol: str, checkpoint: Optional[str]) -> None:
@@ -255,7 +268,8 @@ def evaluate(
 
     ``modality`` (default ``eval.modality``) picks the encoder the frozen-feature protocols evaluate; ``name``
     the encoder's name in the rows. When ``eval.stages`` names several stages, the ``layerwise`` rows follow.
-    With ``plot`` and ``out_dir``, a 2-D map of the held-out features is saved there (PNG).
+    Protocols that write files (``test``) write them into ``out_dir``. With ``plot`` and ``out_dir``, a 2-D map of
+    the held-out features is saved there (PNG).
     """
     protocols = list(cfg.eval.protocols if protocols is None else protocols)
     if len(list(cfg.eval.stages)) > 1 and "layerwise" not in protocols:
@@ -267,7 +281,8 @@ def evaluate(
     shared = FrozenFeatures(cfg, checkpoint, modality=modality, name=name, progress=progress)
     rows: List[Row] = []
     for run in runs:
-        rows += run(cfg, checkpoint, features=shared, modality=shared.modality, name=name, progress=progress)
+        rows += run(cfg, checkpoint, features=shared, modality=shared.modality, name=name, progress=progress,
+                    out_dir=out_dir)
     if plot and out_dir and shared.extracted:
         from avssl.eval.plots import plot_embedding
 
@@ -283,4 +298,4 @@ def evaluate(
 
 
 __all__ = ["PROTOCOLS", "FrozenFeatures", "available_protocols", "encoder_from", "eval_loader", "evaluate", "folds",
-           "finetune", "knn", "layerwise", "linear", "retrieval"]
+           "finetune", "knn", "layerwise", "linear", "multiview", "retrieval"]
