@@ -173,6 +173,10 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     f.add_argument("--checkpoint", required=True, type=weights_file,
                    help="weights that initialise the encoder: an avssl checkpoint, a weights file (format detected) "
                         "or FORMAT:PATH, FORMAT one of avssl, torchvision, pytorchvideo, pyslowfast, avid_cma")
+    f.add_argument("--splits", type=int_at_least(1), nargs="+", default=None, metavar="K",
+                   help="UCF-101/HMDB-51: one run per official split (OUTPUT_DIR/split<K>, each resumable), each "
+                        "tested on its split's test list, then per-split and mean ± std accuracies "
+                        "(OUTPUT_DIR/splits.json)")
     f.add_argument("--no-resume", action="store_true",
                    help="start afresh; a run already in OUTPUT_DIR is moved into OUTPUT_DIR/previous-<time>/")
     f.set_defaults(func=_run_finetune)
@@ -226,7 +230,19 @@ def _run_finetune(args: argparse.Namespace) -> int:
         raise ConfigError(f"avssl finetune: the config's method must be 'supervised', not {method!r}")
     cfg = load_config(args.config, [*args.overrides, f"method.init_checkpoint={args.checkpoint}"])
     _writable_output_dir(cfg)
-    return _train(cfg, resume=not args.no_resume)
+    if not args.splits:
+        return _train(cfg, resume=not args.no_resume)
+    from avssl.engine import TrainingInterrupted
+    from avssl.eval.splits import finetune_splits, splits_table
+
+    try:
+        result = finetune_splits(cfg, args.splits, resume=not args.no_resume)
+    except TrainingInterrupted as e:
+        log.warning("%s", e)
+        return e.exit_code
+    splits_table(result, title=f"fine-tuning from {args.checkpoint}, per split").print()
+    log.info("results: %s", result["path"])
+    return 0
 
 
 def _run_test(args: argparse.Namespace) -> int:
