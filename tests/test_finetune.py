@@ -277,3 +277,29 @@ def test_the_warmup_under_two_process_ddp_holds_then_trains_the_encoder_as_one_p
     # Validation gathers the views of both processes: the same metrics as one process.
     assert logged(two_run, "val/top1") == logged(one_run, "val/top1")
     assert logged(two_run, "val/mean_class_accuracy") == logged(one_run, "val/mean_class_accuracy")
+
+
+def test_avssl_test_and_splits_refuse_a_users_mistakes_in_one_line(synth_corpus, tmp_path, capsys):
+    from avssl.config import to_dict
+    from avssl.methods import build_method
+    from tiny import tiny_config
+
+    cfg = tiny_config("simclr")
+    ckpt = tmp_path / "simclr.ckpt"
+    torch.save({"state_dict": build_method("simclr", cfg).state_dict(), "hyper_parameters": {"config": to_dict(cfg)}},
+               ckpt)
+    overrides = tiny_overrides(synth_corpus, tmp_path / "run")
+    assert main(["test", CONFIG, *overrides, "--checkpoint", str(ckpt)]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"avssl: error: {ckpt} holds a 'simclr' run, which has no classifier: test a checkpoint of `avssl finetune` "
+        "(or of the supervised method)")
+    with pytest.raises(SystemExit) as e:
+        main(["test", CONFIG, "--checkpoint", str(ckpt), "--views", "10x2"])
+    assert e.value.code == 2 and "expected CLIPSxCROPS with CLIPS >= 1 and CROPS 1 or 3 (e.g. 10x3), got '10x2'" in \
+        capsys.readouterr().err
+    # --splits needs split files: the corpus's annotations.csv is not one.
+    assert main(["finetune", CONFIG, *overrides, "--checkpoint", str(ckpt), "--splits", "1", "2"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"avssl: error: --splits needs UCF-101/HMDB-51 split files: data.train={synth_corpus / 'annotations.csv'} is "
+        "neither a split file (trainlist01.txt, testlist01.txt, {class}_test_split1.txt) nor a folder of them")
+    assert not (tmp_path / "run").exists()

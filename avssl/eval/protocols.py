@@ -8,7 +8,7 @@ protocol        what it measures
 ``folds``       ESC-50's shape: every video of both parts in 5 stratified folds, a probe per held-out fold
 ``layerwise``   a linear probe per stage of ``eval.stages`` (rows ``linear@<stage>``)
 ``finetune``    the encoder and a classifier trained end to end (the config's supervised method), then
-                multi-view testing on the val part
+                multi-view testing on the val part (as ``test``)
 ``retrieval``   video→audio and audio→video recall@k among the val videos, in an audio-visual method's
                 joint space
 ``test``        a fine-tuned classifier's multi-view test on the val part (``avssl test``): per-video
@@ -219,7 +219,7 @@ def finetune(cfg: Any, checkpoint: Optional[str], **opts: Any) -> List[Row]:
     """Fine-tuning with the config's supervised method from ``checkpoint``, then multi-view testing."""
     from avssl.eval.finetune import finetune_and_evaluate
 
-    return [finetune_and_evaluate(cfg, checkpoint, name=opts.get("name"))]
+    return [finetune_and_evaluate(cfg, checkpoint, name=opts.get("name"), out_dir=opts.get("out_dir"))]
 
 
 @PROTOCOLS.register("retrieval")
