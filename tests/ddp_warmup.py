@@ -1,7 +1,7 @@
 """Fine-tuning with a one-epoch classifier warm-up under torchrun (CPU, gloo): two epochs of two steps from the
 encoder weights INIT; ``last.prev.ckpt`` then holds the weights after the warm-up epoch, ``last.ckpt`` after the next.
 
-usage: torchrun --nproc_per_node N ddp_warmup.py CORPUS OUT_DIR PER_RANK_BATCH INIT
+usage: torchrun --nproc_per_node N ddp_warmup.py CORPUS OUT_DIR PER_RANK_BATCH INIT  (or :func:`run` in-process)
 """
 import os
 import sys
@@ -27,9 +27,7 @@ class FixedBatchNorm(Callback):
                 m.eval()
 
 
-def main():
-    corpus, out_dir, batch, init = sys.argv[1:5]
-    world = int(os.environ.get("WORLD_SIZE", "1"))
+def run(corpus: str, out_dir: str, batch: int, init: str, world: int = 1) -> None:
     # SGD with momentum and weight decay, either of which would move weights held only by a zero learning rate;
     # no dropout (its masks differ per process).
     cfg = load_config(overrides=tiny_overrides(Path(corpus), out_dir, **{
@@ -42,4 +40,5 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    corpus, out_dir, batch, init = sys.argv[1:5]
+    run(corpus, out_dir, int(batch), init, world=int(os.environ.get("WORLD_SIZE", "1")))

@@ -21,6 +21,7 @@ from avssl.checkpoint import load_checkpoint
 from avssl.config import load_config
 from avssl.engine import fit
 from conftest import tiny_overrides
+import ddp_warmup  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 CONFIG = os.path.join(os.path.dirname(HERE), "configs", "demo", "supervised_tiny.yaml")
@@ -246,15 +247,8 @@ def test_validation_counts_a_tie_against_the_true_label():
     assert metrics["val/top5"] == 1.0  # three classes: every label is among the best five
 
 
-def _ddp_warmup(corpus, out_dir, nproc: int, batch: int, init: str):
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.path.dirname(HERE))
-    run = out_dir / f"run{nproc}"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-           os.path.join(HERE, "ddp_warmup.py"), str(corpus), str(run), str(batch), init]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    ckpts = run / "checkpoints"
-    return load_checkpoint(ckpts / "last.prev.ckpt"), load_checkpoint(ckpts / "last.ckpt"), run
+def _checkpoints(run):
+    return load_checkpoint(run / "checkpoints" / "last.prev.ckpt"), load_checkpoint(run / "checkpoints" / "last.ckpt")
 
 
 @pytest.mark.slow
@@ -265,8 +259,14 @@ def test_the_warmup_under_two_process_ddp_holds_then_trains_the_encoder_as_one_p
     init = tmp_path / "init.pth"
     torch.save(build_encoder("r3d_tiny", base_channels=8).state_dict(), init)
     start = torch.load(init, weights_only=True)
-    one_warm, one_end, one_run = _ddp_warmup(synth_corpus, tmp_path, 1, batch=8, init=str(init))
-    two_warm, two_end, two_run = _ddp_warmup(synth_corpus, tmp_path, 2, batch=4, init=str(init))
+    one_run, two_run = tmp_path / "one", tmp_path / "two"
+    ddp_warmup.run(str(synth_corpus), str(one_run), batch=8, init=str(init))  # one process, in this one
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.path.dirname(HERE))
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                           os.path.join(HERE, "ddp_warmup.py"), str(synth_corpus), str(two_run), "4", str(init)],
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    (one_warm, one_end), (two_warm, two_end) = _checkpoints(one_run), _checkpoints(two_run)
     for warm, end in ((one_warm, one_end), (two_warm, two_end)):
         assert warm["epoch"] == 0 and end["epoch"] == 1
         assert same(encoder_state(warm["state_dict"]), start)  # held through the warm-up epoch
