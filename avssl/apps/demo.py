@@ -163,7 +163,7 @@ def _finetune_rows(pretrained: str, checkpoint: str, scratch: str, scratch_s: fl
             epochs = cfg.trainer.max_epochs * epoch_factor
             t0 = time.perf_counter()
             if ckpt is None and fraction == 1.0:
-                r = {**checkpoint_test(cfg, scratch, name=label), "protocol": "finetune"}
+                r = checkpoint_test(cfg, scratch, name=label)
                 train_s = scratch_s + time.perf_counter() - t0
             else:
                 # Validation once, at the end (the held-out test follows); a batch no larger than the labelled videos.
