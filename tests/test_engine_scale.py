@@ -102,3 +102,12 @@ def test_channels_last_and_compiled_encoders_give_the_eager_outputs_with_the_sam
     with torch.no_grad():
         for got, want in zip(fast.embed(batch["video"], batch["audio"]), eager.embed(video, audio)):
             torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+
+
+def test_the_shipped_audioset_recipe_does_not_broadcast_its_banks():
+    from avssl.methods import method_class
+
+    cfg = load_config("pretrain/avid_cma_r2plus1d_audioset.yaml")
+    s = build_strategy(cfg.trainer, method_class(cfg.method.name).syncs_own_buffers)
+    assert isinstance(s, DDPStrategy) and s._ddp_kwargs["broadcast_buffers"] is False
+    assert s._ddp_kwargs["gradient_as_bucket_view"] is True
