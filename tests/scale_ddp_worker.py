@@ -10,6 +10,7 @@ usage: torchrun --nproc_per_node 2 scale_ddp_worker.py CORPUS OUT_DIR
 * ``bcast_off`` / ``bcast_on``: one step after rank 1 has replaced every row of its video bank by its negation
   (``trainer.ddp.broadcast_buffers`` unset, then true); each rank writes its video bank and the rows the step
   updated to ``<name>_rank{R}.pt``.
+* ``avssl extract`` of the audio features (2 test clips per video) of the ``equal`` run's config, to ``extract.pt``.
 
 ``run_config`` and ``Recorder`` are shared with the one-process side of the test.
 """
@@ -129,9 +130,14 @@ def main() -> None:
         torch.manual_seed(0)
         fit(run_config(corpus, out / name, world, 4, **{"trainer.max_steps": 1, **extra}), resume=False,
             extra_callbacks=[Recorder(name, negate_on_rank=1)])
-    if rank == 0:
-        (out / "done.json").write_text(json.dumps({"world": world}))
     dist.destroy_process_group()
+    # avssl extract under torchrun sets up its own process group; rank 0 writes the file.
+    from avssl.apps.cli import main as cli
+
+    rc = cli(["extract", str(out / "equal" / "config.yaml"), "data.test_clips=2", "eval.batch_size=5",
+              "--modality", "audio", "--output", str(out / "extract.pt")])
+    if rank == 0 and rc == 0:
+        (out / "done.json").write_text(json.dumps({"world": world}))
 
 
 if __name__ == "__main__":

@@ -77,3 +77,16 @@ def test_memory_banks_are_not_broadcast_unless_asked(ddp):
             assert torch.equal(b, a), name
         else:  # rank 1's own rows survive the step
             assert torch.equal(b, -a), name
+
+
+def test_avssl_extract_under_torchrun_writes_what_one_process_writes(ddp, tmp_path):
+    from avssl.apps.cli import main
+
+    assert main(["extract", str(ddp / "equal" / "config.yaml"), "data.test_clips=2", "eval.batch_size=5",
+                 "--modality", "audio", "--output", str(tmp_path / "one.pt")]) == 0
+    one, two = torch.load(tmp_path / "one.pt"), torch.load(ddp / "extract.pt")
+    assert two["features"].shape == (48, one["features"].shape[1])  # 24 videos × 2 clips, each once
+    for key in ("labels", "index", "view"):
+        assert torch.equal(two[key], one[key]), key
+    assert two["paths"] == one["paths"]
+    torch.testing.assert_close(two["features"], one["features"], rtol=1e-5, atol=1e-6)
