@@ -130,14 +130,15 @@ def main() -> None:
         torch.manual_seed(0)
         fit(run_config(corpus, out / name, world, 4, **{"trainer.max_steps": 1, **extra}), resume=False,
             extra_callbacks=[Recorder(name, negate_on_rank=1)])
-    dist.destroy_process_group()
-    # avssl extract under torchrun sets up its own process group; rank 0 writes the file.
+    # avssl extract under torchrun (in the process group already set up: re-initialising one in the same job would
+    # read the first one's stale addresses from torchrun's store); rank 0 writes the file.
     from avssl.apps.cli import main as cli
 
     rc = cli(["extract", str(out / "equal" / "config.yaml"), "data.test_clips=2", "eval.batch_size=5",
               "--modality", "audio", "--output", str(out / "extract.pt")])
     if rank == 0 and rc == 0:
         (out / "done.json").write_text(json.dumps({"world": world}))
+    dist.destroy_process_group()
 
 
 if __name__ == "__main__":
