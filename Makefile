@@ -28,7 +28,10 @@ bench: $(STAMP)
 
 # On a machine with a CUDA GPU (fails at once without one): the cuda-marked tests, bench models and cma at
 # AudioSet size, one bf16 avid_cma epoch; one table, written to docs/results/gpu.md (budget: under 8 minutes).
-gpu-check: $(STAMP)
+# The GPU is looked for before anything is installed, so that a machine without one stops at once.
+gpu-check:
+	@nvidia-smi -L >/dev/null 2>&1 || { echo "make gpu-check needs a CUDA GPU: nvidia-smi lists none" >&2; exit 2; }
+	$(MAKE) install
 	$(VENV)/bin/avssl bench gpu --page docs/results/gpu.md
 
 clean:
