@@ -130,18 +130,24 @@ def anchors(path: Path) -> Set[str]:
     return out
 
 
-def _links() -> List[Tuple[str, str]]:
-    return [(_rel(p), t) for p in PAGES for t in _link_targets(p.read_text())]
+PAGE_IDS = [_rel(p) for p in PAGES]
 
 
-@pytest.mark.parametrize("page,target", _links())
-def test_relative_link_points_to_an_existing_file(page, target):
-    src = ROOT / page
-    file_part, _, anchor = target.partition("#")
-    dest = (src.parent / file_part).resolve() if file_part else src
-    assert dest.exists(), f"{page}: link to {target}: no such file (a results page? run the command at its top)"
-    if anchor and dest.suffix == ".md":
-        assert anchor in anchors(dest), f"{page}: link to {target}: {_rel(dest)} has no heading #{anchor}"
+def _check(problems: List[str]) -> None:
+    assert not problems, "\n" + "\n".join(problems)
+
+
+@pytest.mark.parametrize("page", PAGE_IDS)
+def test_relative_links_point_to_existing_files_and_headings(page):
+    src, problems = ROOT / page, []
+    for target in _link_targets(src.read_text()):
+        file_part, _, anchor = target.partition("#")
+        dest = (src.parent / file_part).resolve() if file_part else src
+        if not dest.exists():
+            problems.append(f"{page}: link to {target}: no such file (a results page? run the command at its top)")
+        elif anchor and dest.suffix == ".md" and anchor not in anchors(dest):
+            problems.append(f"{page}: link to {target}: {_rel(dest)} has no heading #{anchor}")
+    _check(problems)
 
 
 # -- the command line --------------------------------------------------------------------------------------------
@@ -163,64 +169,68 @@ def _options(parser: argparse.ArgumentParser) -> Set[str]:
 
 
 COMMAND = re.compile(r"(?<![\w./-])avssl ([a-z][a-z0-9-]*)((?: [^`]*)?)")
-
-
-def _commands() -> List[Tuple[str, int, str, str]]:
-    """(page, line, verb, the rest of the command up to the next shell separator)."""
-    out = []
-    for p in PAGES:
-        for n, piece in code_pieces(p.read_text()):
-            for m in COMMAND.finditer(piece):
-                rest = re.split(r"\s(?:&&|\|\||;|\||#)\s?|\s(?=avssl )", m.group(2) + " ")[0]
-                out.append((_rel(p), n, m.group(1), rest))
-    return out
-
-
-COMMANDS = _commands()
-
-
-def test_the_docs_name_commands():
-    assert len(COMMANDS) > 20
-
-
-@pytest.mark.parametrize("page,line,verb,rest", COMMANDS)
-def test_command_is_a_verb_of_the_cli_with_its_options(page, line, verb, rest):
-    parser = _parser()
-    verbs = _subparsers(parser)
-    assert verb in verbs, f"{page}:{line}: 'avssl {verb}' is not a command (commands: {', '.join(sorted(verbs))})"
-    sub = verbs[verb]
-    words = rest.split()
-    if re.search(r"(?<![\w-])--[a-z]", rest):
-        late = re.findall(r"(?<=\s)[a-z_]+(?:\.\w+)*=\S*", rest[re.search(r"(?<![\w-])--[a-z]", rest).start():])
-        assert not late, f"{page}:{line}: {late}: key=value overrides must come before the --options (argparse)"
-    known = _options(sub) | _options(parser)
-    nested = _subparsers(sub)
-    if nested and words and re.fullmatch(r"[a-z][a-z0-9-]*", words[0]):
-        assert words[0] in nested, f"{page}:{line}: 'avssl {verb} {words[0]}': no such {verb} (one of {sorted(nested)})"
-        known |= _options(nested[words[0]])
-    elif nested:  # a synopsis over all of them (avssl bench NAME ...)
-        known |= set().union(*map(_options, nested.values()))
-    for opt in re.findall(r"(?<![\w-])(--[a-z][a-z0-9-]*)", rest):
-        assert opt in known, f"{page}:{line}: 'avssl {verb}' has no option {opt}"
-
-
 TOP_OPTION = re.compile(r"(?<![\w./-])avssl (--[a-z][a-z0-9-]*)")
-
-
-@pytest.mark.parametrize("page,line,option", [(_rel(p), n, o) for p in PAGES for n, piece in code_pieces(p.read_text())
-                                               for o in TOP_OPTION.findall(piece)])
-def test_top_level_option_exists(page, line, option):
-    assert option in _options(_parser()), f"{page}:{line}: 'avssl {option}': no such option"
-
-
+OPTION = re.compile(r"(?<![\w-])--[a-z][a-z0-9-]*")
 MAKE = re.compile(r"(?<![\w./-])make ([a-z][a-z0-9-]*)")
 
 
-@pytest.mark.parametrize("page,line,target", [(_rel(p), n, t) for p in PAGES for n, piece in code_pieces(p.read_text())
-                                               for t in MAKE.findall(piece)])
-def test_make_target_exists(page, line, target):
+def commands(text: str) -> Iterator[Tuple[int, str, str]]:
+    """(line, verb, the rest of the command up to the next shell separator or avssl command)."""
+    for n, piece in code_pieces(text):
+        for m in COMMAND.finditer(piece):
+            yield n, m.group(1), re.split(r"\s(?:&&|\|\||;|\||#)\s?|\s(?=avssl )", m.group(2) + " ")[0]
+
+
+def command_problems(page: str, line: int, verb: str, rest: str, parser: argparse.ArgumentParser) -> List[str]:
+    """What is wrong with ``avssl VERB REST`` as the CLI's parser would read it."""
+    verbs = _subparsers(parser)
+    if verb not in verbs:
+        return [f"{page}:{line}: 'avssl {verb}' is not a command (commands: {', '.join(sorted(verbs))})"]
+    sub, words, problems = verbs[verb], rest.split(), []
+    first_option = OPTION.search(rest)
+    if first_option:
+        late = re.findall(r"(?<=\s)[a-z_]+(?:\.\w+)*=\S*", rest[first_option.start():])
+        if late:
+            problems.append(f"{page}:{line}: avssl {verb}: {late}: key=value overrides must come before the "
+                            "--options (argparse reads no positional after them)")
+    known = _options(sub) | _options(parser)
+    nested = _subparsers(sub)
+    if nested and words and re.fullmatch(r"[a-z][a-z0-9-]*", words[0]):
+        if words[0] not in nested:
+            return problems + [f"{page}:{line}: 'avssl {verb} {words[0]}': no such {verb} (one of {sorted(nested)})"]
+        known |= _options(nested[words[0]])
+    elif nested:  # a synopsis over all of them: avssl bench NAME ...
+        known |= set().union(*map(_options, nested.values()))
+    problems += [f"{page}:{line}: 'avssl {verb}' has no option {opt}" for opt in OPTION.findall(rest) if opt not in known]
+    return problems
+
+
+def test_the_docs_name_commands():
+    assert sum(1 for p in PAGES for _ in commands(p.read_text())) > 20
+
+
+@pytest.mark.parametrize("page", PAGE_IDS)
+def test_commands_are_verbs_of_the_cli_with_their_options(page):
+    parser, text, problems = _parser(), (ROOT / page).read_text(), []
+    for line, verb, rest in commands(text):
+        problems += command_problems(page, line, verb, rest, parser)
+    for line, piece in code_pieces(text):
+        problems += [f"{page}:{line}: 'avssl {o}': no such option" for o in TOP_OPTION.findall(piece)
+                     if o not in _options(parser)]
     targets = re.findall(r"^([a-z][a-z0-9-]*):", (ROOT / "Makefile").read_text(), flags=re.M)
-    assert target in targets, f"{page}:{line}: 'make {target}': the Makefile has no such target ({', '.join(targets)})"
+    for line, piece in code_pieces(text):
+        problems += [f"{page}:{line}: 'make {t}': the Makefile has no such target ({', '.join(targets)})"
+                     for t in MAKE.findall(piece) if t not in targets]
+    _check(problems)
+
+
+def test_command_check_catches_unknown_verbs_options_and_late_overrides():
+    parser = _parser()
+    assert command_problems("p", 1, "prep", " in out --short-side 128", parser) == []
+    assert command_problems("p", 1, "bench", " cma --sizes 10 --page x.md", parser) == []
+    assert "not a command" in command_problems("p", 1, "trian", " c.yaml", parser)[0]
+    assert "no option --shortside" in command_problems("p", 1, "prep", " in out --shortside 128", parser)[0]
+    assert "before the --options" in command_problems("p", 1, "eval", " c.yaml --plot a.b=1", parser)[0]
 
 
 # -- configs -----------------------------------------------------------------------------------------------------
@@ -234,22 +244,17 @@ def _expand_braces(text: str) -> List[str]:
 CONFIG = re.compile(r"(?<![\w/.-])(?:configs/)?((?:compare|demo|finetune|pretrain|supervised)/[\w{},*.-]+?\.yaml)")
 
 
-def _config_names() -> List[Tuple[str, int, str]]:
-    out = []
-    for p in PAGES:
-        for n, piece in code_pieces(p.read_text()):
-            out += [(_rel(p), n, name) for name in CONFIG.findall(piece)]
-    return out
-
-
-@pytest.mark.parametrize("page,line,name", _config_names())
-def test_config_named_is_shipped(page, line, name):
+@pytest.mark.parametrize("page", PAGE_IDS)
+def test_configs_named_are_shipped(page):
     from avssl.config import shipped_configs
 
-    shipped = shipped_configs()
-    name = re.sub(r"[A-Z]+", "*", name)  # a placeholder: demo/digits_NAME.yaml
-    for pattern in _expand_braces(name):
-        assert fnmatch.filter(shipped, pattern), f"{page}:{line}: no shipped config {pattern} (configs/README.md lists them)"
+    shipped, problems = shipped_configs(), []
+    for line, piece in code_pieces((ROOT / page).read_text()):
+        for name in CONFIG.findall(piece):
+            for pattern in _expand_braces(re.sub(r"[A-Z]+", "*", name)):  # NAME: a placeholder
+                if not fnmatch.filter(shipped, pattern):
+                    problems.append(f"{page}:{line}: no shipped config {pattern} (configs/README.md lists them)")
+    _check(problems)
 
 
 SECTIONS = ("data", "model", "optim", "trainer", "eval", "method")
@@ -257,23 +262,9 @@ KEY = re.compile(r"(?<![\w./-])((?:" + "|".join(SECTIONS) + r")(?:\.[A-Za-z_][\w
 FILE_SUFFIXES = {"py", "md", "yaml", "png", "json", "csv", "ckpt", "pt", "pth", "txt", "mp4"}
 
 
-def _config_keys() -> List[Tuple[str, int, str]]:
-    """Dotted config keys in code, except the mistakes a page shows the error of (``unknown config key 'K'``)."""
-    out = []
-    for p in PAGES:
-        text = p.read_text()
-        shown_wrong = set(re.findall(r"unknown config key '([^']+)'", text))
-        for n, piece in code_pieces(text):
-            for key in KEY.findall(piece):
-                if key.rsplit(".", 1)[-1] not in FILE_SUFFIXES and key not in shown_wrong:
-                    out.append((_rel(p), n, key))
-    return out
-
-
 def _is_free_form(tp) -> bool:
     """A Dict or Any field: any key below it is the user's."""
-    origin = typing.get_origin(tp)
-    return tp is typing.Any or origin in (dict, typing.Dict) or tp in (dict,)
+    return tp is typing.Any or typing.get_origin(tp) is dict or tp is dict
 
 
 def _unwrap(tp):
@@ -283,40 +274,57 @@ def _unwrap(tp):
     return tp
 
 
-def _key_problem(key: str) -> str:
+def key_problem(key: str) -> str:
+    """Why ``key`` (dotted, ``*`` allowed) is not a key of the config schema, or ""."""
     from avssl.config import Config
     from avssl.methods import available_methods, method_config_class
 
     parts = key.split(".")
     if parts[0] == "method":
-        fields = {}
+        fields: Dict[str, object] = {}
         for m in available_methods():
-            cls = method_config_class(m)
-            fields.update(typing.get_type_hints(cls))
+            fields.update(typing.get_type_hints(method_config_class(m)))
         found = fnmatch.filter(fields, parts[1])
-        tp = fields[found[0]] if found else None
-        if tp is None:
+        if not found:
             return f"no method takes the key {'.'.join(parts[:2])}"
-        node, rest = _unwrap(tp), parts[2:]
+        node, done, rest = _unwrap(fields[found[0]]), 2, parts[2:]
     else:
-        node, rest = Config, parts
-    for i, name in enumerate(rest):
+        node, done, rest = Config, 0, parts
+    for name in rest:
         if _is_free_form(node):
             return ""
         if not dataclasses.is_dataclass(node):
-            return f"{'.'.join(parts[: len(parts) - len(rest) + i])} takes no sub-keys"
+            return f"{'.'.join(parts[:done])} takes no sub-keys"
         hints = typing.get_type_hints(node)
         matches = fnmatch.filter(hints, name)  # eval.linear_* names several
+        done += 1
         if not matches:
-            return f"no config key {'.'.join(parts[: len(parts) - len(rest) + i + 1])}"
+            return f"no config key {'.'.join(parts[:done])}"
         node = _unwrap(hints[matches[0]])
     return ""
 
 
-@pytest.mark.parametrize("page,line,key", _config_keys())
-def test_config_key_is_in_the_schema(page, line, key):
-    problem = _key_problem(key)
-    assert not problem, f"{page}:{line}: {key}: {problem} (see avssl/config.py)"
+def test_key_check_knows_the_schema():
+    assert key_problem("data.batch_size") == key_problem("method.cma_k") == key_problem("optim.lr_mult.x.y") == ""
+    assert key_problem("eval.linear_*") == ""
+    assert key_problem("optim.lrr") == "no config key optim.lrr"
+    assert key_problem("method.cma_kk") == "no method takes the key method.cma_kk"
+    assert key_problem("data.batch_size.x") == "data.batch_size takes no sub-keys"
+
+
+@pytest.mark.parametrize("page", PAGE_IDS)
+def test_config_keys_are_in_the_schema(page):
+    """Dotted config keys in code, except a mistake the page shows the error of (``unknown config key 'K'``)."""
+    text, problems = (ROOT / page).read_text(), []
+    shown_wrong = set(re.findall(r"unknown config key '([^']+)'", text))
+    for line, piece in code_pieces(text):
+        for key in KEY.findall(piece):
+            if key.rsplit(".", 1)[-1] in FILE_SUFFIXES or key in shown_wrong:
+                continue
+            problem = key_problem(key)
+            if problem:
+                problems.append(f"{page}:{line}: {key}: {problem} (see avssl/config.py)")
+    _check(problems)
 
 
 # -- Python names ------------------------------------------------------------------------------------------------
@@ -324,16 +332,13 @@ NAME = re.compile(r"(?<![\w./-])(avssl(?:\.[A-Za-z_]\w*)+)")
 FROM_IMPORT = re.compile(r"from (avssl(?:\.\w+)*) import \(?([\w, ]+)\)?")
 
 
-def _python_names() -> List[Tuple[str, int, str]]:
-    out = []
-    for p in PAGES:
-        for n, piece in code_pieces(p.read_text()):
-            for module, names in FROM_IMPORT.findall(piece):
-                out += [(_rel(p), n, f"{module}.{x.split()[0]}") for x in names.split(",") if x.strip()]
-            rest = FROM_IMPORT.sub("", piece)
-            out += [(_rel(p), n, name) for name in NAME.findall(rest)
-                    if name.rsplit(".", 1)[-1] not in FILE_SUFFIXES]
-    return sorted(set(out))
+def python_names(text: str) -> Iterator[Tuple[int, str]]:
+    for line, piece in code_pieces(text):
+        for module, names in FROM_IMPORT.findall(piece):
+            yield from ((line, f"{module}.{x.split()[0]}") for x in names.split(",") if x.strip())
+        for name in NAME.findall(FROM_IMPORT.sub("", piece)):
+            if name.rsplit(".", 1)[-1] not in FILE_SUFFIXES:
+                yield line, name
 
 
 def resolve(dotted: str) -> object:
@@ -351,12 +356,15 @@ def resolve(dotted: str) -> object:
 
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")
-@pytest.mark.parametrize("page,line,name", _python_names())
-def test_python_name_exists(page, line, name):
-    try:
-        resolve(name)
-    except (ImportError, AttributeError) as e:
-        pytest.fail(f"{page}:{line}: {name} does not exist ({e})")
+@pytest.mark.parametrize("page", PAGE_IDS)
+def test_python_names_exist(page):
+    problems = []
+    for line, name in python_names((ROOT / page).read_text()):
+        try:
+            resolve(name)
+        except (ImportError, AttributeError) as e:
+            problems.append(f"{page}:{line}: {name} does not exist ({e})")
+    _check(problems)
 
 
 # -- the encoder table -------------------------------------------------------------------------------------------
