@@ -7,10 +7,11 @@ DEMO_OUT ?= demo_out
 
 .PHONY: demo test install bench clean
 
-$(STAMP): pyproject.toml
+# constraints.txt pins every package to the tested version; pyproject.toml holds the supported ranges.
+$(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e ".[test]"
+	$(PY) -m pip install --quiet -c constraints.txt -e ".[decord,bench,test]"
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -7,11 +7,20 @@ A user's mistake (a config, a path, a permission, the data, an option) prints on
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
-import math
 import os
 import sys
-from typing import Any, Callable, List, Optional
+from typing import Any, List, Optional
+
+from avssl.apps.options import NON_NEGATIVE_INT as _NON_NEGATIVE_INT
+from avssl.apps.options import POSITIVE_FLOAT as _POSITIVE_FLOAT
+from avssl.apps.options import POSITIVE_INT as _POSITIVE_INT
+from avssl.apps.options import existing_file as _existing_file
+from avssl.apps.options import float_in as _float_in
+from avssl.apps.options import int_at_least as _int_at_least
+from avssl.apps.options import output_file as _output_file
+from avssl.apps.options import weights_file as _weights_file
 
 log = logging.getLogger("avssl")
 
@@ -28,67 +37,6 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message: str) -> None:  # type: ignore[override]
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
-
-
-# -- option types: a bad value is a one-line usage error (exit 2), not a traceback later --------------
-def _int_at_least(low: int) -> Callable[[str], int]:
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-        if value < low:
-            raise argparse.ArgumentTypeError(f"must be >= {low}, got {value}")
-        return value
-
-    return parse
-
-
-def _float_in(low: float, high: float = float("inf"), low_open: bool = False, high_open: bool = False) -> Callable[[str], float]:
-    def parse(text: str) -> float:
-        try:
-            value = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-        inside = (value > low if low_open else value >= low) and (value < high if high_open else value <= high)
-        if not inside or not math.isfinite(value):
-            span = f"{'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
-            raise argparse.ArgumentTypeError(f"must be in {span}, got {text}")
-        return value
-
-    return parse
-
-
-_POSITIVE_INT = _int_at_least(1)
-_NON_NEGATIVE_INT = _int_at_least(0)
-_POSITIVE_FLOAT = _float_in(0.0, low_open=True)
-
-
-def _existing_file(text: str) -> str:
-    """An input file that must exist (a checkpoint, an annotation CSV)."""
-    if os.path.isdir(text):
-        raise argparse.ArgumentTypeError(f"{text} is a folder, not a file")
-    if not os.path.exists(text):
-        raise argparse.ArgumentTypeError(f"{text}: no such file")
-    return text
-
-
-def _existing_dir(text: str) -> str:
-    """An input folder that must exist."""
-    if not os.path.isdir(text):
-        raise argparse.ArgumentTypeError(f"{text}: no such folder")
-    return text
-
-
-def _output_file(path: str, what: str) -> str:
-    """Check that ``path`` can be written as a file: not a folder, and its folder writable or creatable."""
-    from avssl.errors import PathError
-    from avssl.utils import check_writable_dir
-
-    if os.path.isdir(path):
-        raise PathError(f"{what} {path}: a folder, not a file; give a file path")
-    check_writable_dir(os.path.dirname(os.path.abspath(path)), f"{what}'s folder")
-    return path
 
 
 def _setup_logging(verbose: bool) -> None:
@@ -132,7 +80,7 @@ def _add_synth(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_synth(args: argparse.Namespace) -> int:
-    from avssl.data.synthetic import synthesize
+    from avssl.apps.synthetic import synthesize
     from avssl.utils import check_writable_dir
 
     check_writable_dir(args.out_dir, "OUT_DIR")
@@ -219,8 +167,9 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     f = sub.add_parser("finetune", help="fine-tune a pretrained encoder with a classifier (supervised)")
     f.add_argument("config")
     f.add_argument("overrides", nargs="*")
-    f.add_argument("--checkpoint", required=True, type=_existing_file,
-                   help="pretraining checkpoint whose encoder initialises the model")
+    f.add_argument("--checkpoint", required=True, type=_weights_file,
+                   help="weights that initialise the encoder: an avssl checkpoint, a weights file (format detected) "
+                        "or FORMAT:PATH, FORMAT one of avssl, torchvision, pytorchvideo, pyslowfast, avid_cma")
     f.add_argument("--no-resume", action="store_true",
                    help="start afresh; a run already in OUTPUT_DIR is moved into OUTPUT_DIR/previous-<time>/")
     f.set_defaults(func=_run_finetune)
@@ -266,131 +215,49 @@ def _run_finetune(args: argparse.Namespace) -> int:
     return _train(cfg, resume=not args.no_resume)
 
 
+# -- export --------------------------------------------------------------------------------------
+def _add_export(sub: argparse._SubParsersAction) -> None:
+    from avssl.models.weights import FORMATS
+
+    p = sub.add_parser("export", help="write an encoder of a checkpoint as a plain state dict (+ FILE.json)")
+    p.add_argument("checkpoint", type=_existing_file, help="an avssl training checkpoint")
+    p.add_argument("--out", required=True, help="the weights file to write; its description goes to OUT.json")
+    p.add_argument("--format", default="avssl", choices=list(FORMATS),
+                   help="whose key names to write (default avssl; torchvision for r3d_18/mc3_18/r2plus1d_18 …)")
+    p.add_argument("--part", default=None,
+                   help="which encoder: video_encoder, audio_encoder, … (default: the checkpoint's only one)")
+    p.set_defaults(func=_run_export)
+
+
+def _run_export(args: argparse.Namespace) -> int:
+    from avssl.models.export import export_encoder
+
+    _output_file(args.out, "--out")
+    meta = export_encoder(args.checkpoint, args.out, format=args.format, part=args.part)
+    log.info("wrote %s (%s %s, %d tensors, %s layout) and %s.json", args.out, meta["part"], meta["encoder"],
+             meta["tensors"], meta["format"], args.out)
+    return 0
+
+
 # -- bench ---------------------------------------------------------------------------------------
 def _add_bench(sub: argparse._SubParsersAction) -> None:
-    from avssl.bench.models import MODELS
+    from avssl.apps.bench import BENCHMARKS, add_output_arguments
 
     p = sub.add_parser("bench", help="benchmarks, each measured side by side with a reference in the same run")
-    bsub = p.add_subparsers(dest="bench", required=True, metavar="{data,prep,models,cma,losses}")
-
-    d = bsub.add_parser("data", help="clips/s of decode+augment: avssl vs pytorchvideo's LabeledVideoDataset")
-    d.add_argument("--corpus", type=_existing_dir, default=None, help="a corpus folder (default: generate one)")
-    d.add_argument("--videos", type=_POSITIVE_INT, default=24)
-    d.add_argument("--clips", type=_POSITIVE_INT, default=48, help="clips timed per setting")
-    d.add_argument("--workers", type=_NON_NEGATIVE_INT, nargs="+", default=[0, 1, 2])
-    d.add_argument("--out", default=None, help="write the rows as JSON here")
-    d.set_defaults(func=_run_bench_data)
-
-    pr = bsub.add_parser("prep", help="videos/s of avssl prep vs one ffmpeg process per file")
-    pr.add_argument("--videos", type=_POSITIVE_INT, default=24)
-    pr.add_argument("--seconds", type=_POSITIVE_FLOAT, default=4.0)
-    pr.add_argument("--size", type=_int_at_least(16), default=256)
-    pr.add_argument("--short-side", type=_int_at_least(2), default=128)
-    pr.add_argument("--workers", type=_NON_NEGATIVE_INT, default=None)
-    pr.add_argument("--out", default=None)
-    pr.set_defaults(func=_run_bench_prep)
-
-    m = bsub.add_parser("models", help="forward+backward time and memory: avssl vs torchvision/pytorchvideo builds")
-    m.add_argument("--names", nargs="+", default=None, choices=list(MODELS))
-    m.add_argument("--device", default="cuda" if _cuda() else "cpu")
-    m.add_argument("--batch", type=_POSITIVE_INT, default=1)
-    m.add_argument("--frames", type=_POSITIVE_INT, default=8)
-    m.add_argument("--size", type=_POSITIVE_INT, default=112)
-    m.add_argument("--repeats", type=_POSITIVE_INT, default=3)
-    m.add_argument("--variants", nargs="+", default=None,
-                   help="e.g. fp32 bf16 bf16+cl3d bf16+cl3d+compile (default: fp32 on CPU, all four on CUDA)")
-    m.add_argument("--out", default=None)
-    m.set_defaults(func=_run_bench_models)
-
-    c = bsub.add_parser("cma", help="CMA positive-set search: chunked vs the naive full N×N similarity matrices")
-    c.add_argument("--sizes", type=_int_at_least(2), nargs="+", default=[10000, 100000, 240000])
-    c.add_argument("--dim", type=_POSITIVE_INT, default=128)
-    c.add_argument("--k", type=_POSITIVE_INT, default=32)
-    c.add_argument("--chunk-size", type=_POSITIVE_INT, default=4096)
-    c.add_argument("--agreement", default="min", choices=["min", "max", "video", "audio"])
-    c.add_argument("--naive-max-n", type=_NON_NEGATIVE_INT, default=20000)
-    c.add_argument("--device", default=None)
-    c.add_argument("--out", default=None, help="write the rows as JSON here")
-    c.set_defaults(func=_run_bench_cma)
-
-    from avssl.bench.losses import add_arguments as add_loss_bench_arguments
-
-    lo = bsub.add_parser("losses", help="forward+backward time and memory of each loss vs an independent implementation")
-    add_loss_bench_arguments(lo)
-    lo.set_defaults(func=_run_bench_losses)
+    names = BENCHMARKS.names()
+    bsub = p.add_subparsers(dest="bench", required=True, metavar="{" + ",".join(names) + "}")
+    for name in names:
+        bench = BENCHMARKS.build(name)
+        b = bsub.add_parser(name, help=bench.help, description=bench.help)
+        bench.add_arguments(b)
+        add_output_arguments(b)
+        b.set_defaults(func=functools.partial(_run_bench, bench))
 
 
-def _cuda() -> bool:
-    try:
-        import torch
+def _run_bench(bench: Any, args: argparse.Namespace) -> int:
+    from avssl.apps.bench import execute
 
-        return torch.cuda.is_available()
-    except Exception:  # noqa: BLE001
-        return False
-
-
-def _run_bench_data(args: argparse.Namespace) -> int:
-    if args.out:
-        _output_file(args.out, "--out")
-    from avssl.bench.data import run
-
-    run(corpus=args.corpus, n_videos=args.videos, n_clips=args.clips, workers=args.workers, out=args.out)
-    return 0
-
-
-def _run_bench_prep(args: argparse.Namespace) -> int:
-    if args.out:
-        _output_file(args.out, "--out")
-    from avssl.bench.prep import run
-
-    run(
-        n_videos=args.videos,
-        seconds=args.seconds,
-        size=args.size,
-        short_side=args.short_side,
-        workers=args.workers,
-        out=args.out,
-    )
-    return 0
-
-
-def _run_bench_cma(args: argparse.Namespace) -> int:
-    if args.out:
-        _output_file(args.out, "--out")
-    from avssl.bench.cma import main
-
-    argv = ["--sizes", *map(str, args.sizes), "--dim", str(args.dim), "--k", str(args.k), "--chunk-size",
-            str(args.chunk_size), "--agreement", args.agreement, "--naive-max-n", str(args.naive_max_n)]
-    if args.device:
-        argv += ["--device", args.device]
-    if args.out:
-        argv += ["--json", args.out]
-    main(argv)
-    return 0
-
-
-def _run_bench_losses(args: argparse.Namespace) -> int:
-    from avssl.bench.losses import run_from_args
-
-    run_from_args(args)
-    return 0
-
-
-def _run_bench_models(args: argparse.Namespace) -> int:
-    if args.out:
-        _output_file(args.out, "--out")
-    from avssl.bench.models import run
-
-    run(
-        names=args.names,
-        device=args.device,
-        batch=args.batch,
-        frames=args.frames,
-        size=args.size,
-        repeats=args.repeats,
-        out=args.out,
-        variants=args.variants,
-    )
+    execute(bench, args)
     return 0
 
 
@@ -486,7 +353,9 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seconds", type=_POSITIVE_FLOAT, default=4.0)
     p.add_argument("--size", type=_int_at_least(16), default=128)
     p.add_argument("--epochs", type=_POSITIVE_INT, default=None, help="override the demo configs' trainer.max_epochs")
-    p.add_argument("--seed", type=_NON_NEGATIVE_INT, default=0)
+    p.add_argument("--seeds", "--seed", type=_NON_NEGATIVE_INT, nargs="+", default=[0],
+                   help="run the whole demo once per seed (under OUT/seed<S> when several); the tables give "
+                        "mean ± sample std over them")
     p.add_argument("--workers", type=_NON_NEGATIVE_INT, default=None)
     p.add_argument("--methods", nargs="+", default=None,
                    help="self-supervised methods to train (configs/demo/<name>_tiny.yaml; default: avid_cma "
@@ -495,28 +364,29 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
                    help="the image branch instead: simclr, byol, barlow_twins and swav on the digits set vs random init")
     p.add_argument("--image-set", default="digits", choices=["digits", "digits_colour", "digits_cluttered"],
                    help="with --image: which digits set")
+    p.add_argument("--page", default=None, help="also write the results page here (e.g. docs/results/demo.md)")
     p.set_defaults(func=_run_demo)
 
 
 def _run_demo(args: argparse.Namespace) -> int:
-    from avssl.demo import run_demo, run_image_demo
+    from avssl.apps.demo import DEMO_METHODS, run_seeds
     from avssl.utils import check_writable_dir
 
     check_writable_dir(args.out, "--out")
+    if args.page:
+        _output_file(args.page, "--page")
     if args.image:
-        run_image_demo(out=args.out, epochs=args.epochs, seed=args.seed, image_set=args.image_set)
-        return 0
-
-    from avssl.demo import DEMO_METHODS
-
-    run_demo(out=args.out, classes=args.classes, per_class=args.per_class, seconds=args.seconds, size=args.size,
-             epochs=args.epochs, seed=args.seed, workers=args.workers, methods=tuple(args.methods or DEMO_METHODS))
+        demo = dict(image=True, epochs=args.epochs, image_set=args.image_set)
+    else:
+        demo = dict(classes=args.classes, per_class=args.per_class, seconds=args.seconds, size=args.size,
+                    epochs=args.epochs, workers=args.workers, methods=tuple(args.methods or DEMO_METHODS))
+    run_seeds(args.seeds, out=args.out, page=args.page, command=args.command_line, **demo)
     return 0
 
 
 # -- compare -------------------------------------------------------------------------------------
 def _add_compare(sub: argparse._SubParsersAction) -> None:
-    from avssl.compare import entry_names
+    from avssl.apps.compare import entry_names
 
     p = sub.add_parser("compare", help="every method on the synthetic corpus, same encoder and budget: one table")
     p.add_argument("--out", default="compare_out")
@@ -529,22 +399,21 @@ def _add_compare(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seconds", type=_POSITIVE_FLOAT, default=4.0)
     p.add_argument("--layerwise", default="temporal_order",
                    help="the entry whose res2..res5 stages get a layer-wise linear probe ('' for none)")
-    p.add_argument("--page", default=None, help="also write the Markdown page here (e.g. docs/comparison.md)")
+    p.add_argument("--page", default=None, help="also write the results page here (e.g. docs/results/comparison.md)")
     p.add_argument("--workers", type=_NON_NEGATIVE_INT, default=None)
     p.set_defaults(func=_run_compare)
 
 
 def _run_compare(args: argparse.Namespace) -> int:
-    from avssl.compare import run_compare
+    from avssl.apps.compare import run_compare
     from avssl.utils import check_writable_dir
 
     check_writable_dir(args.out, "--out")
     if args.page:
         _output_file(args.page, "--page")
-    command = "avssl compare " + " ".join(sys.argv[2:]) if len(sys.argv) > 2 else "avssl compare"
     run_compare(out=args.out, methods=args.methods, seeds=args.seeds, epochs=args.epochs, classes=args.classes,
                 per_class=args.per_class, seconds=args.seconds, layerwise=args.layerwise or None, page=args.page, workers=args.workers,
-                command=command.strip())
+                command=args.command_line)
     return 0
 
 
@@ -593,6 +462,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_prep(sub)
     _add_train(sub)
     _add_eval(sub)
+    _add_export(sub)
     _add_bench(sub)
     _add_demo(sub)
     _add_compare(sub)
@@ -623,8 +493,12 @@ def _one_line(message: str) -> str:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
+    from avssl.apps.pages import command_line
+
     parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
+    args.command_line = command_line(argv)  # the exact command, for the results pages it writes
     _setup_logging(args.verbose)
     try:
         return int(args.func(args) or 0)

@@ -8,6 +8,10 @@ Loading::
 
     cfg = load_config("configs/pretrain/xmodal_nce_demo.yaml", overrides=["optim.lr=0.05"])
 
+``path`` is a YAML file of the user's or, when no such file exists, the name of a config avssl ships
+(``configs/`` in the repository, package data of an installed avssl): ``load_config("demo/avid_cma_tiny.yaml")``
+works from any folder (see :func:`resolve_config` and :func:`shipped_configs`).
+
 An unknown or mistyped key is a :class:`ConfigError` that names the key and the nearest valid ones;
 ``key=value`` overrides go through the same check. A config may start from another with
 ``defaults: [other.yaml]`` (paths relative to the file), later files and overrides winning.
@@ -22,6 +26,7 @@ so a ``!!python/...`` tag is refused (a :class:`ConfigError`), never executed.
 from __future__ import annotations
 
 import difflib
+import importlib.resources
 import math
 import os
 from dataclasses import dataclass, field, fields, is_dataclass
@@ -539,11 +544,60 @@ def build_config(data: Dict[str, Any]) -> DictConfig:
     return cfg  # type: ignore[return-value]
 
 
+def shipped_config_dir() -> str:
+    """The folder of the configs avssl ships: ``avssl/configs``, which is the repository's ``configs/``
+    (a link to it) in a source checkout and its copy in an installed wheel."""
+    return str(importlib.resources.files("avssl") / "configs")
+
+
+def shipped_configs(folder: str = "") -> List[str]:
+    """The names of the shipped configs (``demo/avid_cma_tiny.yaml``, …), sorted; only those under
+    ``folder`` (e.g. ``"demo"``) when given."""
+    root = shipped_config_dir()
+    names = []
+    for dirpath, _, files in os.walk(os.path.join(root, folder)):
+        names += [os.path.relpath(os.path.join(dirpath, f), root).replace(os.sep, "/") for f in files if f.endswith(".yaml")]
+    return sorted(names)
+
+
+def shipped_config(name: str) -> str:
+    """The path of the shipped config ``name`` (``demo/avid_cma_tiny.yaml``; a leading ``configs/`` is
+    allowed), whatever the working folder holds.
+
+    Raises:
+        ConfigError: avssl ships no config of that name.
+    """
+    rel = os.path.normpath(os.fspath(name)).replace(os.sep, "/")
+    rel = rel[len("configs/"):] if rel.startswith("configs/") else rel
+    path = os.path.join(shipped_config_dir(), *rel.split("/"))
+    if os.path.isabs(rel) or rel.startswith("../") or not os.path.isfile(path):
+        raise ConfigError(f"avssl ships no config {name}; avssl.config.shipped_configs() lists them")
+    return path
+
+
+def resolve_config(path: str) -> str:
+    """The YAML file that ``path`` names: ``path`` itself when it exists (a user's config always wins),
+    else the shipped config of that name (:func:`shipped_config`).
+
+    Raises:
+        ConfigError: neither exists.
+    """
+    path = os.fspath(path)
+    if os.path.exists(path):
+        return path
+    try:
+        return shipped_config(path)
+    except ConfigError:
+        raise ConfigError(f"config file not found: {path} (nor is it a shipped config such as "
+                          "demo/avid_cma_tiny.yaml; avssl.config.shipped_configs() lists them)") from None
+
+
 def load_config(path: Optional[str] = None, overrides: Sequence[str] = (), base: Optional[Dict[str, Any]] = None) -> DictConfig:
-    """Load and validate a config: ``base`` dict, then the YAML file, then ``key=value`` overrides."""
+    """Load and validate a config: ``base`` dict, then the YAML file (a path, or a shipped config's name:
+    see :func:`resolve_config`), then ``key=value`` overrides."""
     data: Dict[str, Any] = dict(base or {})
     if path is not None:
-        data = OmegaConf.to_container(OmegaConf.merge(data, _read_yaml(path)))  # type: ignore[assignment]
+        data = OmegaConf.to_container(OmegaConf.merge(data, _read_yaml(resolve_config(path))))  # type: ignore[assignment]
     if overrides:
         data = OmegaConf.to_container(OmegaConf.merge(data, _parse_overrides(overrides)))  # type: ignore[assignment]
     return build_config(data)
@@ -575,6 +629,10 @@ __all__ = [
     "TrainerConfig",
     "build_config",
     "load_config",
+    "resolve_config",
+    "shipped_config",
+    "shipped_config_dir",
+    "shipped_configs",
     "to_dict",
     "to_yaml",
 ]

@@ -65,7 +65,7 @@ def media_dir(tmp_path_factory):
 @pytest.fixture(scope="session")
 def synth_corpus(tmp_path_factory):
     """A small synthetic corpus: 4 classes × 8 videos × 2 s at 64², 6 train / 2 val per class."""
-    from avssl.data.synthetic import synthesize
+    from avssl.apps.synthetic import synthesize
 
     out = tmp_path_factory.mktemp("synth")
     synthesize(str(out), classes=4, per_class=8, seconds=2.0, size=64, seed=0, val_fraction=0.25,

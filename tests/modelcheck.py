@@ -1,4 +1,4 @@
-"""Helpers shared by the model tests: parameter counts and weight copying between equal architectures."""
+"""Helpers shared by the model tests: parameter counts and random BatchNorm statistics."""
 from __future__ import annotations
 
 import torch
@@ -7,19 +7,6 @@ import torch.nn as nn
 
 def n_params(m: nn.Module) -> int:
     return sum(p.numel() for p in m.parameters())
-
-
-def copy_by_order(src: nn.Module, dst: nn.Module) -> None:
-    """Copy parameters and BN statistics in registration order, checking every shape."""
-    sp, dp = list(src.parameters()), list(dst.parameters())
-    assert len(sp) == len(dp)
-    sb = [b for n, b in src.named_buffers() if not n.endswith("num_batches_tracked")]
-    db = [b for n, b in dst.named_buffers() if not n.endswith("num_batches_tracked")]
-    assert len(sb) == len(db)
-    with torch.no_grad():
-        for a, b in zip(sp + sb, dp + db):
-            assert a.shape == b.shape
-            b.copy_(a)
 
 
 def randomise_bn(m: nn.Module, seed: int = 0) -> None:

@@ -3,7 +3,8 @@ import json
 
 import pytest
 
-from avssl.bench.losses import LOSSES, format_table, grid, main, run_loss_bench
+from avssl.apps.bench import run
+from avssl.apps.bench.losses import LOSSES, LossesBenchmark, grid, measure
 
 
 def test_grid_sweeps_dims_for_barlow_only():
@@ -17,23 +18,24 @@ def test_grid_sweeps_dims_for_barlow_only():
 @pytest.mark.parametrize("use_lightly", [False, True])
 def test_every_loss_agrees_with_its_reference(use_lightly):
     if use_lightly:
-        pytest.importorskip("lightly.loss")
-    rows = run_loss_bench(LOSSES, batch_sizes=[8, 16], dims=[16, 32], other_dim=16, device="cpu", repeats=1,
-                          measure_memory=False, use_lightly=use_lightly, progress=False)
+        pytest.importorskip("lightly.loss", reason="lightly is optional: pip install avssl[bench]")
+    rows = measure(LOSSES, batch_sizes=[8, 16], dims=[16, 32], other_dim=16, device="cpu", repeats=1,
+                   measure_memory=False, use_lightly=use_lightly, progress=False)
     assert len(rows) == 6 * 2 + 2 * 2
     for r in rows:
         assert r["agree"], (r["loss"], r["batch"], r["dim"], r["ours_value"], r["ref_value"])
         assert r["ours_ms"] > 0 and r["ref_ms"] > 0
         assert ("lightly" in r["ref"]) == (use_lightly and r["loss"] != "moco")
-    assert format_table(rows).row_count == len(rows)
+    assert len(LossesBenchmark().table(rows).rows) == len(rows)
 
 
 def test_large_cpu_cells_are_skipped_and_json_written(tmp_path):
-    rows = run_loss_bench(["barlow_twins"], batch_sizes=[4096], dims=[8192], device="cpu", repeats=1,
-                          measure_memory=False, progress=False)
+    rows = measure(["barlow_twins"], batch_sizes=[4096], dims=[8192], device="cpu", repeats=1,
+                   measure_memory=False, progress=False)
     assert rows[0]["ours_ms"] is None and "skipped" in rows[0]["note"]
     out = tmp_path / "rows.json"
-    assert main(["--losses", "byol", "--batch-sizes", "8", "--other-dim", "8", "--repeats", "1", "--no-memory",
-                 "--json", str(out)]) == 0
+    got = run("losses", ["--losses", "byol", "--batch-sizes", "8", "--other-dim", "8", "--repeats", "1", "--no-memory",
+                         "--out", str(out)])
     data = json.loads(out.read_text())
+    assert data == got
     assert [(r["loss"], r["batch"], r["dim"], r["agree"]) for r in data] == [("byol", 8, 8, True)]

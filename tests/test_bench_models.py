@@ -7,12 +7,14 @@ import math
 import pytest
 import torch
 
-from avssl.bench import models as bench
+from avssl.apps.bench import models as bench
+from avssl.apps.bench import run
 
 
 def test_run_r2plus1d_smoke(tmp_path, capsys):
     out = tmp_path / "bench.json"
-    rows = bench.run(names=["r2plus1d_18"], size=32, frames=4, repeats=1, out=str(out))
+    rows = run("models", ["--names", "r2plus1d_18", "--size", "32", "--frames", "4", "--repeats", "1", "--device", "cpu",
+                          "--out", str(out)])
     assert len(rows) == 1
     r = rows[0]
     assert (r["model"], r["variant"], r["device"], r["batch"], r["frames"], r["size"]) == (
@@ -41,9 +43,9 @@ def test_flops_without_reference_and_argument_errors():
     # non-local blocks add FLOPs to the same I3D
     assert bench.count_flops("i3d_r50_nl", "avssl", 1, 4, 32) > bench.count_flops("i3d_r50", "avssl", 1, 4, 32)
     with pytest.raises(KeyError, match="known: r2plus1d_18, slowfast_r50, i3d_r50, i3d_r50_nl"):
-        bench.run(names=["r2plus1d_81"], print_table=False)
+        bench.measure(names=["r2plus1d_81"], progress=False)
     with pytest.raises(ValueError, match="repeats"):
-        bench.run(names=["r2plus1d_18"], repeats=0, print_table=False)
+        bench.measure(names=["r2plus1d_18"], repeats=0, progress=False)
     with pytest.raises(ValueError, match="variant 'fp16'"):
         bench.parse_variant("fp16")
     assert bench.bf16_peak_tflops("NVIDIA H100 80GB HBM3") == pytest.approx(989.4)

@@ -4,7 +4,8 @@ import math
 
 import pytest
 
-from avssl.compare import ENTRIES, markdown_table, run_compare, summarise, summary_rows
+from avssl.apps.compare import ENTRIES, run_compare, summary_rows, summary_table
+from avssl.apps.pages import summarise
 
 
 def test_summarise_mean_and_sample_std():
@@ -26,18 +27,15 @@ def test_summary_rows_group_by_method_and_protocol():
     assert [r["method"] for r in rows] == ["a"]  # b failed: no row
     assert abs(rows[0]["linear"]["mean"] - 0.6) < 1e-12 and abs(rows[0]["knn"]["mean"] - 0.4) < 1e-12
     assert rows[0]["train_s"] == 15.0
-    table = markdown_table(rows)
+    table = summary_table(rows).markdown()
     assert "| a | fam | 60.0 ± 14.1 | 40.0 ± 14.1 | 15 |" in table
 
 
 def test_every_entry_has_a_config():
-    import os
-
-    from avssl.compare import CONFIG_ROOT
-    from avssl.config import load_config
+    from avssl.config import load_config, shipped_config
 
     for e in ENTRIES:
-        cfg = load_config(os.path.join(CONFIG_ROOT, e.config))
+        cfg = load_config(shipped_config(e.config))
         assert cfg.model.video.name == "r2plus1d_tiny", e.name  # one encoder for the whole comparison
 
 

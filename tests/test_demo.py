@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from avssl.demo import DEMO_METHODS, run_demo
+from avssl.apps.demo import DEMO_METHODS, run_demo
 
 
 def test_demo_trains_avid_cma_and_reports_audio_and_retrieval(tmp_path):

@@ -380,7 +380,7 @@ def test_image_folder_errors_name_the_path(tmp_path):
 def prepared(tmp_path_factory):
     """2 classes × 2 videos × 1 s at 32², prepared with the Kinetics CSV (one train, one val per class)."""
     from avssl.data.prep import prepare
-    from avssl.data.synthetic import synthesize
+    from avssl.apps.synthetic import synthesize
 
     base = tmp_path_factory.mktemp("frames")
     synthesize(str(base / "src"), classes=2, per_class=2, seconds=1.0, size=32, seed=0, val_fraction=0.5,

@@ -21,7 +21,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-lightly_loss = pytest.importorskip("lightly.loss")
+lightly_loss = pytest.importorskip("lightly.loss", reason="lightly is optional: pip install avssl[bench]")
 from lightly.loss.swav_loss import sinkhorn as lightly_sinkhorn  # noqa: E402
 
 from avssl.losses import build_loss  # noqa: E402

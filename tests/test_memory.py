@@ -296,9 +296,9 @@ def test_distributed_updates_keep_ranks_identical(tmp_path):
 
 
 def test_cma_bench_rows():
-    from avssl.bench.cma import format_table, run_cma_bench
+    from avssl.apps.bench.cma import CmaBenchmark, measure
 
-    rows = run_cma_bench(sizes=(300, 500), dim=16, k=5, chunk_size=64, device="cpu", naive_max_n=300,
+    rows = measure(sizes=(300, 500), dim=16, k=5, chunk_size=64, device="cpu", naive_max_n=300,
                          measure_memory=False)
     assert [r["n"] for r in rows] == [300, 500]
     # Last-bit rounding differences between chunk and full matmuls could only reorder near-ties.
@@ -308,4 +308,4 @@ def test_cma_bench_rows():
     for r in rows:
         assert abs(r["chunked_gflops"] - 4.0 * r["n"] ** 2 * 16 / r["chunked_s"] / 1e9) < 1e-9
         assert r["matmul_gflops"] > 0 and abs(r["matmul_fraction"] - r["chunked_gflops"] / r["matmul_gflops"]) < 1e-12
-    assert format_table(rows).row_count == 2
+    assert len(CmaBenchmark().table(rows).rows) == 2

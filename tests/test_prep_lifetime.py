@@ -15,6 +15,8 @@ import pytest
 
 import media
 from avssl.data import decoding, prep
+from avssl.data.prep import lock
+from avssl.data.prep.transcode import PART
 from avssl.data.manifest import read_manifest
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -69,7 +71,7 @@ def alive(pids) -> list:
 
 
 def partials(out) -> list:
-    return [os.path.join(d, n) for d, _, ns in os.walk(out) for n in ns if prep._PART in n]
+    return [os.path.join(d, n) for d, _, ns in os.walk(out) for n in ns if PART in n]
 
 
 def start_mid_run(src, out):
@@ -107,14 +109,14 @@ def test_kill_9_leaves_no_worker_and_a_rerun_completes(corpus, tmp_path):
         for p in alive(workers):
             os.kill(p, signal.SIGKILL)
     # The dead run's lock and partial files are taken over and cleaned by the next run, which finishes.
-    assert (out / prep._LOCK).exists()
+    assert (out / lock.LOCK_NAME).exists()
     rerun = subprocess.run(prep_cmd(str(corpus), str(out), "--workers", "2", "--short-side", "256"), env=ENV,
                            capture_output=True, text=True, timeout=120)
     assert rerun.returncode == 0, rerun.stdout[-2000:] + rerun.stderr[-2000:]
     rows = read_manifest(out / "manifest.csv")
     assert len(rows) == 12
     assert all(decoding.probe(r.path)["height"] == 256 for r in rows)
-    assert not partials(out) and not (out / prep._LOCK).exists()
+    assert not partials(out) and not (out / lock.LOCK_NAME).exists()
 
 
 def test_sigterm_stops_workers_removes_partials_and_exits_by_the_signal(corpus, tmp_path):
@@ -135,7 +137,7 @@ def test_sigterm_stops_workers_removes_partials_and_exits_by_the_signal(corpus, 
     assert proc.returncode == -signal.SIGTERM, output[-2000:]
     assert "stopped by SIGTERM" in output
     assert not partials(out), "partial outputs left behind"
-    assert not (out / prep._LOCK).exists()
+    assert not (out / lock.LOCK_NAME).exists()
     for p in (out / "videos").rglob("*.mp4"):  # what finished before the signal is whole
         assert decoding.probe(p)["height"] == 256
     assert {p: os.stat(p).st_mtime_ns for p in before} == before
@@ -146,19 +148,19 @@ def _contender(out: str, barrier, results, rounds: int) -> None:
     for r in range(rounds):
         barrier.wait()
         try:
-            fd = prep._acquire_lock(out)
+            fd = lock.acquire(out)
         except prep.PrepLockedError:
             fd = None
         results.put((r, fd is not None))
         barrier.wait()  # everyone has tried: the holder lets go, or dies holding it
         if fd is not None:
             if r % 3 == 0:
-                prep._release_lock(out, fd)
+                lock.release(out, fd)
             elif r % 3 == 1:
                 os.close(fd)  # as at a crash: the file stays, the kernel drops the flock
             else:
-                prep._release_lock(out, fd)  # a dead run's lock from an older avssl: a bare pid
-                with open(os.path.join(out, prep._LOCK), "w") as f:
+                lock.release(out, fd)  # a dead run's lock from an older avssl: a bare pid
+                with open(os.path.join(out, lock.LOCK_NAME), "w") as f:
                     f.write("999999999")
         barrier.wait()
 
@@ -185,29 +187,29 @@ def test_preps_started_at_the_same_instant_take_the_lock_once(tmp_path):
                 p.kill()
     wrong = {r: h for r, h in holders.items() if h != 1}
     assert not wrong, f"rounds where the number of holders was not 1: {wrong}"
-    assert not (tmp_path / prep._LOCK).exists()
+    assert not (tmp_path / lock.LOCK_NAME).exists()
 
 
 def test_a_dead_holders_lock_is_taken_over_and_a_live_one_refused(tmp_path):
     out = str(tmp_path)
-    fd = prep._acquire_lock(out)
-    with open(tmp_path / prep._LOCK) as f:
+    fd = lock.acquire(out)
+    with open(tmp_path / lock.LOCK_NAME) as f:
         assert f.read().split() == [str(os.getpid()), "flock"]  # complete as soon as it is visible
     with pytest.raises(prep.PrepLockedError, match=rf"another `avssl prep` \(pid {os.getpid()}\) is writing to"):
-        prep._acquire_lock(out)
+        lock.acquire(out)
     # Its holder dies without letting go: a child takes the lock and is killed.
     ctx = mp.get_context("fork")
-    prep._release_lock(out, fd)
-    child = ctx.Process(target=lambda: (prep._acquire_lock(out), time.sleep(60)))
+    lock.release(out, fd)
+    child = ctx.Process(target=lambda: (lock.acquire(out), time.sleep(60)))
     child.start()
     deadline = time.monotonic() + 10
-    while not (tmp_path / prep._LOCK).exists() and time.monotonic() < deadline:
+    while not (tmp_path / lock.LOCK_NAME).exists() and time.monotonic() < deadline:
         time.sleep(0.01)
     time.sleep(0.1)
     os.kill(child.pid, signal.SIGKILL)
     child.join()
-    fd = prep._acquire_lock(out)  # the kernel dropped the dead holder's flock
-    prep._release_lock(out, fd)
+    fd = lock.acquire(out)  # the kernel dropped the dead holder's flock
+    lock.release(out, fd)
 
 
 # -- output folders that cannot be written ----------------------------------------------------------
@@ -273,7 +275,7 @@ def test_unwritable_output_subfolder_stops_the_run_and_blames_no_source(small_sr
     assert len(lines) == 1 and f"cannot write {out / 'videos' / 'a'}: Permission denied" in lines[0], lines
     # No report calls a source bad, no manifest, nothing half-written, no lock left.
     assert not (out / "prep_report.json").exists() and not (out / "manifest.csv").exists()
-    assert not partials(out) and not (out / prep._LOCK).exists()
+    assert not partials(out) and not (out / lock.LOCK_NAME).exists()
     assert "x.mp4" not in proc.stdout and "y.mp4" not in proc.stdout
 
 
@@ -292,7 +294,7 @@ def test_a_disk_that_fills_up_stops_the_run_and_blames_no_source(tmp_path):
     lines = error_lines(proc)
     assert len(lines) == 1 and f"cannot write {out / 'videos' / 'a'}: File too large" in lines[0], lines
     assert not (out / "prep_report.json").exists() and "x.mp4" not in proc.stdout
-    assert not partials(out) and not (out / prep._LOCK).exists()
+    assert not partials(out) and not (out / lock.LOCK_NAME).exists()
 
 
 @pytest.mark.parametrize(
@@ -309,12 +311,12 @@ def test_user_errors_print_one_line_and_exit_2(small_src, tmp_path, args, messag
     fill = {"src": str(small_src), "tmp": str(tmp_path), "pid": str(os.getpid())}
     locked = tmp_path / "locked"
     locked.mkdir()
-    fd = prep._acquire_lock(str(locked))  # held by this (live) process
+    fd = lock.acquire(str(locked))  # held by this (live) process
     try:
         proc = subprocess.run(prep_cmd(*[a.format(**fill) for a in args]), env=ENV, capture_output=True,
                               text=True, timeout=120)
     finally:
-        prep._release_lock(str(locked), fd)
+        lock.release(str(locked), fd)
     assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert "Traceback" not in proc.stdout + proc.stderr
     lines = error_lines(proc)

@@ -255,7 +255,7 @@ MOVING = ["bounce", "fall", "figure8", "orbit", "pendulum", "slide", "spiral", "
 
 @pytest.mark.parametrize("name", MOVING)
 def test_tracker_follows_the_synthetic_object(name):
-    from avssl.data.synthetic import plan_video, render_video
+    from avssl.apps.synthetic import plan_video, render_video
     from avssl.data.tracking import track_ncc
 
     entry = plan_video(name, 0, seconds=2.0, size=64, fps=16, seed=0)

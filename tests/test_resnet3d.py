@@ -8,15 +8,16 @@ import pytest
 import torch
 import torch.nn as nn
 
-from avssl.models import NonLocalBlock, available_encoders, build_encoder
+from avssl.models import NonLocalBlock, available_encoders, build_encoder, load_weights
 from avssl.models.resnet3d import NONLOCAL_R50_STAGES, STAGE_NAMES
-from modelcheck import copy_by_order, n_params, randomise_bn  # noqa: E402
+from modelcheck import n_params, randomise_bn  # noqa: E402
 
 NAMES = ["r3d_18", "r3d_34", "r2plus1d_18", "r2plus1d_18_avid", "i3d_r50", "r3d_tiny", "r2plus1d_tiny"]
 
 
 def i3d_reference(**kw) -> nn.Module:
     """pytorchvideo's hub ``i3d_r50`` arguments (pytorchvideo/models/hub/resnet.py), no weights."""
+    pytest.importorskip("pytorchvideo.models.resnet", reason="pytorchvideo is optional: pip install avssl[bench]")
     from pytorchvideo.models.resnet import create_resnet
 
     return create_resnet(
@@ -98,15 +99,14 @@ def test_param_counts_match_references() -> None:
 
 @pytest.mark.parametrize("name", ["r3d_18", "r2plus1d_18"])
 def test_same_function_as_torchvision(name: str) -> None:
-    """Full-size model, torchvision's weights copied in registration order: identical outputs."""
+    """Full-size model, torchvision's weights loaded by name: identical outputs."""
     import torchvision
 
     torch.manual_seed(0)
     ref = getattr(torchvision.models.video, name)()
-    ref.fc = nn.Identity()
     randomise_bn(ref)
-    ours = build_encoder(name)
-    copy_by_order(ref, ours)
+    ours = load_weights(build_encoder(name), ref.state_dict(), format="torchvision")
+    ref.fc = nn.Identity()
     x = torch.randn(1, 3, 4, 32, 32)
     with torch.no_grad():
         torch.testing.assert_close(ours.eval()(x), ref.eval()(x), rtol=1e-5, atol=1e-5)
@@ -116,8 +116,7 @@ def test_i3d_same_function_as_pytorchvideo() -> None:
     torch.manual_seed(0)
     ref = i3d_reference(stem_dim_out=8, head=None)
     randomise_bn(ref)
-    ours = build_encoder("i3d_r50", base_channels=8)
-    copy_by_order(ref, ours)
+    ours = load_weights(build_encoder("i3d_r50", base_channels=8), ref.state_dict(), format="pytorchvideo")
     x = torch.randn(2, 3, 4, 32, 32)
     with torch.no_grad():
         torch.testing.assert_close(ours.eval()(x), ref.eval()(x).mean((2, 3, 4)), rtol=1e-5, atol=1e-5)

@@ -11,9 +11,9 @@ import pytest
 import torch
 import torch.nn as nn
 
-from avssl.models import NonLocalBlock, available_encoders, build_encoder
+from avssl.models import NonLocalBlock, available_encoders, build_encoder, load_weights
 from avssl.models.slowfast import FUSIONS, SLOWFAST_NL_STAGES, FastToSlow
-from modelcheck import copy_by_order, n_params, randomise_bn  # noqa: E402
+from modelcheck import n_params, randomise_bn  # noqa: E402
 
 STAGES = ["stem", "res2", "res3", "res4", "res5"]
 
@@ -110,6 +110,7 @@ def test_param_counts_match_pytorchvideo() -> None:
     with a 2304→400 linear head added it is the published 34.57 M of the 8×8 R50, equal to pytorchvideo's
     hub ``slowfast_r50`` (built without weights). avslowfast_r50 == create_audio_visual_slowfast(
     model_depth=50) minus its last block (the 3328→400 head)."""
+    pytest.importorskip("pytorchvideo.models.slowfast", reason="pytorchvideo is optional: pip install avssl[bench]")
     from pytorchvideo.models.audio_visual_slowfast import create_audio_visual_slowfast
     from pytorchvideo.models.hub.slowfast import slowfast_r50 as hub_slowfast_r50
     from pytorchvideo.models.slowfast import create_slowfast
@@ -126,7 +127,8 @@ def test_param_counts_match_pytorchvideo() -> None:
 
 
 def test_same_function_as_pytorchvideo() -> None:
-    """Narrow models (slow stem 16) with pytorchvideo's weights copied in registration order."""
+    """Narrow models (slow stem 16) with pytorchvideo's weights loaded by name."""
+    pytest.importorskip("pytorchvideo.models.slowfast", reason="pytorchvideo is optional: pip install avssl[bench]")
     from pytorchvideo.models.audio_visual_slowfast import create_audio_visual_slowfast
     from pytorchvideo.models.slowfast import create_slowfast
 
@@ -135,16 +137,14 @@ def test_same_function_as_pytorchvideo() -> None:
     ref = create_slowfast(model_depth=50, stem_dim_outs=(16, 2), slowfast_fusion_conv_kernel_size=(7, 1, 1),
                           head=None, head_pool=nn.AdaptiveAvgPool3d)
     randomise_bn(ref)
-    ours = build_encoder("slowfast_r50", base_channels=16)
-    copy_by_order(ref, ours)
+    ours = load_weights(build_encoder("slowfast_r50", base_channels=16), ref.state_dict(), format="pytorchvideo")
     with torch.no_grad():
         torch.testing.assert_close(ours.eval()([slow, fast]), ref.eval()([slow, fast]).flatten(1))
 
     ref = create_audio_visual_slowfast(model_depth=50, stem_dim_outs=(16, 2, 8), head_pool=nn.AdaptiveAvgPool3d)
     ref.blocks = ref.blocks[:-1]  # drop the classification head
     randomise_bn(ref, seed=1)
-    ours = build_encoder("avslowfast_r50", base_channels=16)
-    copy_by_order(ref, ours)
+    ours = load_weights(build_encoder("avslowfast_r50", base_channels=16), ref.state_dict(), format="pytorchvideo")
     audio = torch.randn(2, 1, 16, 32)  # B×1×F×T_a, T_a = 16 × 2 slow frames
     with torch.no_grad(), contextlib.redirect_stdout(io.StringIO()):  # pytorchvideo's fusion prints sizes
         expected = ref.eval()([slow, fast, audio.transpose(2, 3).unsqueeze(3)]).flatten(1)

@@ -10,7 +10,7 @@ import av
 import numpy as np
 import pytest
 
-from avssl.data.synthetic import CLASS_NAMES, MAX_CLASSES, class_names, plan_video, render_video, synthesize
+from avssl.apps.synthetic import CLASS_NAMES, MAX_CLASSES, class_names, plan_video, render_video, synthesize
 
 TINY = dict(classes=3, per_class=2, seconds=1.0, size=64, fps=25, audio_rate=16000, workers=2, progress=False)
 
@@ -205,7 +205,7 @@ def test_determinism(corpus, tmp_path):
 def test_resume_renders_identical_frames_and_sound(tmp_path, monkeypatch):
     import hashlib
 
-    import avssl.data.synthetic as synthetic
+    import avssl.apps.synthetic as synthetic
 
     rendered = []
     encode = synthetic.write_mp4
@@ -339,7 +339,7 @@ def test_class_not_readable_from_colour():
 
 
 def test_low_nuisance_keeps_to_plain_backgrounds_and_one_distractor():
-    from avssl.data.synthetic import plan_video
+    from avssl.apps.synthetic import plan_video
 
     entries = [plan_video(c, i, seconds=0.4, size=32, fps=10, nuisance="low") for c in ("orbit", "slide") for i in range(12)]
     assert {e["nuisance"]["background"]["type"] for e in entries} <= {"flat", "gradient"}

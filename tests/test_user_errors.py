@@ -233,7 +233,7 @@ def test_a_bug_keeps_its_traceback_while_an_os_error_on_a_users_path_is_one_line
     # synthesize stands in for the work: it raises a bug, an OSError about no path (a bug too), or the
     # OSError the OS gives for a user's unwritable file.
     code = (
-        "import errno, sys, avssl.data.synthetic as s\n"
+        "import errno, sys, avssl.apps.synthetic as s\n"
         "from avssl.cli import main\n"
         "def work(*a, **k):\n"
         "    raise {exc}\n"

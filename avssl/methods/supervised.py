@@ -1,6 +1,7 @@
 """Supervised training and fine-tuning: an encoder + a dropout/linear classifier, cross-entropy.
 
-Fine-tuning starts from a pretrained checkpoint (``init_checkpoint``), trains only the classifier for
+Fine-tuning starts from pretrained weights (``init_checkpoint``: an avssl checkpoint, a weights file of any
+format :func:`avssl.models.load_weights` reads, or ``FORMAT:PATH``), trains only the classifier for
 ``classifier_warmup_epochs`` (so a random head does not wreck the pretrained features), then everything.
 Validation averages the softmax over the test views of each video (multi-view testing).
 """
@@ -26,22 +27,25 @@ class SupervisedConfig(BaseMethodConfig):
     modality: str = "video"  # which encoder is trained: video or audio
     dropout: float = 0.5
     label_smoothing: float = 0.0
-    init_checkpoint: Optional[str] = None  # a pretraining checkpoint whose encoder initialises this one
+    # Weights that initialise the encoder: an avssl checkpoint, a published or exported weights file (format
+    # detected), or FORMAT:PATH with FORMAT one of avssl, torchvision, pytorchvideo, pyslowfast, avid_cma.
+    init_checkpoint: Optional[str] = None
     classifier_warmup_epochs: int = 0  # train only the classifier for this many epochs first
 
 
 def load_encoder_weights(encoder: nn.Module, checkpoint: str, modality: str, what: Optional[str] = None) -> None:
-    """Load ``{modality}_encoder.*`` weights of a method checkpoint into ``encoder`` (strict); ``what`` (the
-    config key that named the file) starts the message of a :class:`~avssl.checkpoint.CheckpointError`."""
+    """Load ``checkpoint`` into ``encoder`` (strict): an avssl checkpoint's ``{modality}_encoder`` part, or any
+    weights file :func:`~avssl.models.load_weights` reads (format detected), or ``FORMAT:PATH``; ``what`` (the
+    config key that named the file) starts the message of an error."""
     from avssl.checkpoint import load_checkpoint
+    from avssl.models.weights import load_weights, split_weights_spec
 
-    state = load_checkpoint(checkpoint, what=what)
+    fmt, path = split_weights_spec(checkpoint)
+    state = load_checkpoint(path, what=what)
     sd = state.get("state_dict", state)
     prefix = f"{modality}_encoder."
-    sub = {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
-    if not sub:
-        raise ValueError(f"{checkpoint} holds no '{prefix}*' weights (keys start with: {sorted({k.split('.')[0] for k in sd})})")
-    encoder.load_state_dict(sub, strict=True)
+    part = prefix[:-1] if any(str(k).startswith(prefix) for k in sd) else None
+    load_weights(encoder, state, format=fmt, part=part, what=f"{what}: {path}" if what else str(path))
 
 
 @METHODS.register("supervised")

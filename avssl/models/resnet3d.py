@@ -1,4 +1,4 @@
-"""3D ResNet video encoders: R3D, R(2+1)D (torchvision and AVID-CMA layouts) and I3D-R50.
+"""3D ResNet video encoders: R3D, MC3, R(2+1)D (torchvision and AVID-CMA layouts), I3D-R50 and Slow-R50.
 
 Every encoder maps a clip B×C×T×H×W to ``forward_features`` maps ``stem, res2, res3, res4, res5`` (each
 B×C'×T'×H'×W') and ``forward`` pools the last one to B×out_dim.
@@ -8,6 +8,8 @@ Registered builders (all take the keyword arguments of :func:`build_video_resnet
 - ``r3d_18`` (out_dim 512): torchvision's ``r3d_18`` — 3×7×7 stem without max-pool, basic units of two
   3×3×3 convs, stride 2 in T, H and W at res3-res5, global average pool.
 - ``r3d_34`` (512): as ``r3d_18`` with (3, 4, 6, 3) units.
+- ``mc3_18`` (512): torchvision's ``mc3_18`` (mixed convolutions) — as ``r3d_18`` in the stem and res2, then
+  1×3×3 convs (spatial stride only, so time is never down-sampled) in res3-res5.
 - ``r2plus1d_18`` (512): torchvision's ``r2plus1d_18`` — (2+1)D stem (1×7×7 to 45 channels, then 3×1×1),
   (2+1)D convs whose middle width M = ⌊27·Cin·Cout / (9·Cin + 3·Cout)⌋ matches the parameters of a full
   3×3×3 conv, average pool.
@@ -20,12 +22,15 @@ Registered builders (all take the keyword arguments of :func:`build_video_resnet
   paper's baseline) — 5×7×7 stem + 1×3×3 max-pool, bottlenecks whose first conv is 3×1×1 or 1×1×1 (all
   3 in res2; 3, 1, 3, 1, … in res3 and res4; 1, 3, 1 in res5), a 2×1×1 temporal max-pool after res2,
   average pool.
+- ``slow_r50`` (2048): the Slow-only 8×8 R50 of the SlowFast paper (pytorchvideo hub ``slow_r50``, PySlowFast
+  ``SLOW_8x8_R50``) — 1×7×7 stem + 1×3×3 max-pool, bottlenecks whose first conv is 1×1×1 in res2 and res3
+  and 3×1×1 in res4 and res5, no temporal pooling anywhere, average pool.
 - ``r3d_tiny`` / ``r2plus1d_tiny`` (128): one unit per stage and 16 base channels (CPU demos, tests).
 
-Parameter counts (backbone, no classifier): r3d_18 33,166,272 and r2plus1d_18 31,300,125 (torchvision's
-minus its 512→400 fc), i3d_r50 27,223,872 (pytorchvideo's hub model minus its 2048→400 head).
-Module registration order follows torchvision (basic blocks) and pytorchvideo (bottlenecks), so their
-weights can be copied over parameter by parameter.
+Parameter counts (backbone, no classifier): r3d_18 33,166,272, mc3_18 11,490,240 and r2plus1d_18 31,300,125
+(torchvision's minus its 512→400 fc), i3d_r50 27,223,872 and slow_r50 31,634,496 (pytorchvideo's hub
+models minus their 2048→400 head). Published weights of these layouts load by name with
+:func:`avssl.models.load_weights` (see :mod:`avssl.models.weights`).
 
 Non-local blocks: ``nonlocal_stages`` maps a stage name (``res2``..``res5``) to the **0-based** indices of
 the residual units after which a :class:`~avssl.models.nonlocal_block.NonLocalBlock` is inserted (as in
@@ -463,8 +468,9 @@ def build_video_resnet(
     """Build a 3D ResNet.
 
     Args:
-        block: ``"r3d"`` (3×3×3 basic units), ``"r2plus1d"`` (torchvision (2+1)D units), ``"avid"``
-            (AVID-CMA (2+1)D units) or ``"i3d"`` (pytorchvideo/PySlowFast I3D bottlenecks).
+        block: ``"r3d"`` (3×3×3 basic units), ``"mc3"`` (3×3×3 in res2, 1×3×3 after), ``"r2plus1d"``
+            (torchvision (2+1)D units), ``"avid"`` (AVID-CMA (2+1)D units), ``"i3d"`` (pytorchvideo/PySlowFast
+            I3D bottlenecks) or ``"slow"`` (Slow-only bottlenecks: temporal kernels in res4/res5 only).
         layers: residual units per stage res2..res5, e.g. (2, 2, 2, 2) for depth 18, (3, 4, 6, 3) for 34/50.
         in_channels: input channels (3 for RGB).
         base_channels: width of the stem and res2 (64 in the published models); stage widths double from
@@ -481,14 +487,14 @@ def build_video_resnet(
         raise ValueError(f"layers must give 4 positive unit counts (res2..res5), got {layers!r}")
     c = channels(base_channels, width)
     # e.g. "r3d-18", "i3d-50": names the model in warnings and errors.
-    who = f"{block}-{2 + sum(layers) * (3 if block == 'i3d' else 2)}"
+    who = f"{block}-{2 + sum(layers) * (3 if block in ('i3d', 'slow') else 2)}"
     blocks: Dict[str, List[nn.Module]] = {}
     widths: Dict[str, int] = {}
     pre_pools: Dict[str, Optional[nn.Module]] = {s: None for s in STAGE_NAMES}
     global_pool = "avg"
 
-    if block in ("r3d", "r2plus1d", "avid"):
-        if block == "r3d":
+    if block in ("r3d", "mc3", "r2plus1d", "avid"):
+        if block in ("r3d", "mc3"):
             stem: nn.Module = BasicStem(in_channels, c, temporal_kernel=3, pool=False)
         elif block == "r2plus1d":
             stem = R2Plus1dStem(in_channels, c)
@@ -504,9 +510,12 @@ def build_video_resnet(
                 s = stride if u == 0 else 1
                 if block == "avid":
                     units.append(AvidR2Plus1dBlock(in_ch, out_ch, s))
-                elif block == "r3d":
-                    units.append(BasicBlock(_conv(in_ch, out_ch, 3, s), _conv(out_ch, out_ch, 3), out_ch,
-                                            _shortcut(in_ch, out_ch, s)))
+                elif block in ("r3d", "mc3"):
+                    # MC3: full 3D convs in res2 only; later units convolve (and stride) in space alone.
+                    kt = 3 if block == "r3d" or i == 0 else 1
+                    st = (s if kt == 3 else 1, s, s)
+                    units.append(BasicBlock(_conv(in_ch, out_ch, (kt, 3, 3), st), _conv(out_ch, out_ch, (kt, 3, 3)),
+                                            out_ch, _shortcut(in_ch, out_ch, st)))
                 else:
                     # torchvision reuses the first conv's middle width for the second conv of a unit.
                     mid = r2plus1d_mid_channels(in_ch, out_ch)
@@ -515,10 +524,10 @@ def build_video_resnet(
                 in_ch = out_ch
             blocks[name], widths[name] = units, out_ch
         out_dim = in_ch
-    elif block == "i3d":
-        stem = BasicStem(in_channels, c, temporal_kernel=5, pool=True)
-        # Temporal kernel of conv_a per unit, cycled over the stage (pytorchvideo hub i3d_r50).
-        kt_cycle = ((3,), (3, 1), (3, 1), (1, 3))
+    elif block in ("i3d", "slow"):
+        stem = BasicStem(in_channels, c, temporal_kernel=5 if block == "i3d" else 1, pool=True)
+        # Temporal kernel of conv_a per unit, cycled over the stage (pytorchvideo hub i3d_r50 / slow_r50).
+        kt_cycle = ((3,), (3, 1), (3, 1), (1, 3)) if block == "i3d" else ((1,), (1,), (3,), (3,))
         in_ch = c
         for i, (name, n) in enumerate(zip(STAGE_NAMES, layers)):
             inner, out_ch = c * 2**i, c * 4 * 2**i
@@ -528,11 +537,12 @@ def build_video_resnet(
                                         spatial_stride=(1 if i == 0 else 2) if u == 0 else 1))
                 in_ch = out_ch
             blocks[name], widths[name] = units, out_ch
-        # 2×1×1 temporal max-pool after res2 (ceil_mode: identical for even T, keeps a 1-frame map valid).
-        pre_pools["res3"] = nn.MaxPool3d((2, 1, 1), stride=(2, 1, 1), ceil_mode=True)
+        if block == "i3d":
+            # 2×1×1 temporal max-pool after res2 (ceil_mode: identical for even T, keeps a 1-frame map valid).
+            pre_pools["res3"] = nn.MaxPool3d((2, 1, 1), stride=(2, 1, 1), ceil_mode=True)
         out_dim = in_ch
     else:
-        raise ValueError(f"unknown block type {block!r}; expected r3d, r2plus1d, avid or i3d")
+        raise ValueError(f"unknown block type {block!r}; expected r3d, mc3, r2plus1d, avid, i3d or slow")
 
     nl = _attach_nonlocal(blocks, widths, nonlocal_stages, nonlocal_mode, nonlocal_sub_sample, who)
     stages = [ResStage(blocks[s], nl.get(s), pre_pools[s]) for s in STAGE_NAMES]
@@ -556,6 +566,12 @@ def r3d_34(**kwargs) -> VideoResNet:
     return build_video_resnet("r3d", (3, 4, 6, 3), **kwargs)
 
 
+@ENCODERS.register("mc3_18")
+def mc3_18(**kwargs) -> VideoResNet:
+    """torchvision-layout MC3-18: R3D-18 whose res3-res5 convolve in space only (11.49 M backbone parameters)."""
+    return build_video_resnet("mc3", (2, 2, 2, 2), **kwargs)
+
+
 @ENCODERS.register("r2plus1d_18")
 def r2plus1d_18(**kwargs) -> VideoResNet:
     """torchvision-layout R(2+1)D-18 (31.30 M backbone parameters)."""
@@ -575,6 +591,13 @@ def i3d_r50(**kwargs) -> VideoResNet:
     The non-local I3D-NL of Wang et al. is ``i3d_r50(nonlocal_stages=NONLOCAL_R50_STAGES)``.
     """
     return build_video_resnet("i3d", (3, 4, 6, 3), **kwargs)
+
+
+@ENCODERS.register("slow_r50")
+def slow_r50(**kwargs) -> VideoResNet:
+    """Slow-only 8×8 ResNet-50 (31.63 M backbone parameters = pytorchvideo hub ``slow_r50`` without its head):
+    the SlowFast paper's slow pathway on its own, temporal kernels in res4/res5 only."""
+    return build_video_resnet("slow", (3, 4, 6, 3), **kwargs)
 
 
 @ENCODERS.register("r3d_tiny")

@@ -11,7 +11,7 @@ encode H.264 (libx264, yuv420p, crf 23, preset veryfast) and AAC.
 """
 from __future__ import annotations
 
-import json
+import argparse
 import os
 import resource
 import shutil
@@ -19,78 +19,24 @@ import subprocess
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
-from fractions import Fraction
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-import numpy as np
-
-from avssl.utils import atomic_write_text
+from avssl.apps.bench.base import Benchmark, register
+from avssl.apps.options import NON_NEGATIVE_INT, POSITIVE_FLOAT, POSITIVE_INT, int_at_least
+from avssl.eval.report import Table
 
 AUDIO_RATE = 44100  # sources carry CD-rate audio, as downloaded corpora do
 
 
-def _write_clip(path: str, seconds: float, size: int, fps: int, seed: int) -> None:
-    """A clip with moving texture and noise (so the encoder has real work) and a noisy tone."""
-    import av
-
-    rng = np.random.default_rng(seed)
-    height, width = size, (size * 4 // 3) // 2 * 2
-    n = int(round(seconds * fps))
-    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
-    fx, fy, speed = rng.uniform(0.02, 0.08), rng.uniform(0.02, 0.08), rng.uniform(1.0, 4.0)
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with av.open(path, "w") as c:
-        vs = c.add_stream("libx264", rate=fps)
-        vs.width, vs.height, vs.pix_fmt = width, height, "yuv420p"
-        vs.options = {"preset": "ultrafast", "crf": "18"}
-        st = c.add_stream("aac", rate=AUDIO_RATE, layout="stereo")
-        for i in range(n):
-            base = 127 + 80 * np.sin(fx * (xx + speed * i)) * np.cos(fy * (yy - speed * i))
-            img = np.clip(base[..., None] + rng.normal(0, 12, (height, width, 3)), 0, 255).astype(np.uint8)
-            frame = av.VideoFrame.from_ndarray(img, format="rgb24")
-            frame.pts, frame.time_base = i, Fraction(1, fps)
-            for p in vs.encode(frame):
-                c.mux(p)
-        for p in vs.encode():
-            c.mux(p)
-        total = int(seconds * AUDIO_RATE)
-        t = np.arange(total) / AUDIO_RATE
-        wave = (0.3 * np.sin(2 * np.pi * rng.uniform(200, 800) * t) + 0.05 * rng.normal(size=total)).astype(np.float32)
-        stereo = np.stack([wave, wave[::-1]])
-        for k in range(0, total, 1024):
-            f = av.AudioFrame.from_ndarray(np.ascontiguousarray(stereo[:, k : k + 1024]), format="fltp", layout="stereo")
-            f.sample_rate, f.pts, f.time_base = AUDIO_RATE, k, Fraction(1, AUDIO_RATE)
-            for p in st.encode(f):
-                c.mux(p)
-        for p in st.encode():
-            c.mux(p)
-
-
 def make_corpus(root: str, n_videos: int, seconds: float, size: int, workers: int) -> str:
-    """A folder-per-class corpus of ``n_videos`` clips (the synthetic corpus when that module is there,
-    else clips drawn here); returns the folder of class folders."""
+    """A folder-per-class corpus of ``n_videos`` synthetic clips (4 classes, CD-rate audio); returns the
+    folder of class folders."""
+    from avssl.apps.synthetic import synthesize
+
     classes = 4
-    try:
-        from avssl.data.synthetic import synthesize
-    except ImportError:
-        synthesize = None
-    if synthesize is not None:
-        synthesize(
-            root,
-            classes=classes,
-            per_class=max(1, -(-n_videos // classes)),
-            seconds=seconds,
-            size=size,
-            audio_rate=AUDIO_RATE,
-            workers=workers,
-            progress=False,
-        )
-        return os.path.join(root, "videos")
-    videos = os.path.join(root, "videos")
-    jobs = [(os.path.join(videos, f"class{i % classes}", f"clip{i:04d}.mp4"), i) for i in range(n_videos)]
-    with ThreadPoolExecutor(workers) as pool:  # libx264 releases the GIL while encoding
-        list(pool.map(lambda j: _write_clip(j[0], seconds, size, 25, j[1]), jobs))
-    return videos
+    synthesize(root, classes=classes, per_class=max(1, -(-n_videos // classes)), seconds=seconds, size=size,
+               audio_rate=AUDIO_RATE, workers=workers, progress=False)
+    return os.path.join(root, "videos")
 
 
 def _videos(root: str) -> List[str]:
@@ -145,32 +91,28 @@ def _sizes(root: str) -> List[str]:
     return sorted({f"{i['width']}×{i['height']}" for i in (probe(p) for p in _videos(root))})
 
 
-def run(
+def measure(
     n_videos: int = 24,
     seconds: float = 4.0,
     size: int = 256,
     short_side: int = 128,
     workers: Optional[int] = None,
-    out: Optional[str] = None,
-    print_table: bool = True,
     repeats: int = 3,
 ) -> List[Dict[str, Any]]:
-    """Time both sides on a generated corpus; print a table; return its rows (and write them to ``out``).
+    """Time both sides on a generated corpus; one row per pipeline.
 
     Args:
         n_videos: clips in the corpus (4 classes).
         seconds: length of each clip (25 fps, 44.1 kHz AAC).
-        size: source short side (:func:`avssl.data.synthetic.synthesize` draws square frames; without
-            that module a built-in generator draws 4:3 frames with stereo sound).
+        size: source frame size (:func:`avssl.apps.synthetic.synthesize` draws square frames).
         short_side: output short side.
         workers: parallel jobs on both sides (default: the CPUs this process may use).
-        out: write the rows as JSON here.
         repeats: rounds over the three pipelines; each keeps its fastest round (and that round's CPU).
     """
-    from avssl.data.prep import _default_workers, prepare
+    from avssl.data.prep import default_workers, prepare
 
-    workers = workers or _default_workers()
-    threads = max(1, _default_workers() // workers)
+    workers = workers or default_workers()
+    threads = max(1, default_workers() // workers)
     with tempfile.TemporaryDirectory() as tmp:
         src = make_corpus(os.path.join(tmp, "corpus"), n_videos, seconds, size, workers)
         n = len(_videos(src))
@@ -205,6 +147,9 @@ def run(
                 {
                     "pipeline": name,
                     "videos": n,
+                    "clip_seconds": seconds,
+                    "source_size": size,
+                    "short_side": short_side,
                     "workers": workers,
                     "threads_per_job": threads,
                     "repeats": repeats,
@@ -215,27 +160,33 @@ def run(
                     "output_sizes": sizes[name],
                 }
             )
-    if print_table:
-        _print(results, seconds=seconds, size=size, short_side=short_side)
-    if out:
-        atomic_write_text(out, json.dumps(results, indent=2) + "\n")
     return results
 
 
-def _print(results: List[Dict[str, Any]], seconds: float, size: int, short_side: int) -> None:
-    from rich.console import Console
-    from rich.table import Table
+@register
+class PrepBenchmark(Benchmark):
+    name = "prep"
+    help = "videos/s of avssl prep vs one ffmpeg process per file"
 
-    r0 = results[0]
-    table = Table(
-        title=f"prep: {r0['videos']} clips of {seconds:g} s, short side {size} -> {short_side}, "
-        f"{r0['workers']} parallel jobs × {r0['threads_per_job']} threads, best of {r0['repeats']}"
-    )
-    for col, just in (("pipeline", "left"), ("seconds", "right"), ("videos/s", "right"), ("ratio vs ffmpeg", "right"), ("CPU s/video", "right"), ("output size", "left")):
-        table.add_column(col, justify=just)
-    for r in results:
-        table.add_row(
-            r["pipeline"], f"{r['seconds']:.2f}", f"{r['videos_per_s']:.2f}", f"{r['ratio_vs_ffmpeg']:.2f}×",
-            f"{r['cpu_s_per_video']:.3f}", ", ".join(r["output_sizes"])
+    def add_arguments(self, p: argparse.ArgumentParser) -> None:
+        p.add_argument("--videos", type=POSITIVE_INT, default=24)
+        p.add_argument("--seconds", type=POSITIVE_FLOAT, default=4.0)
+        p.add_argument("--size", type=int_at_least(16), default=256)
+        p.add_argument("--short-side", type=int_at_least(2), default=128)
+        p.add_argument("--workers", type=NON_NEGATIVE_INT, default=None)
+
+    def run(self, args: argparse.Namespace) -> List[Dict[str, Any]]:
+        return measure(n_videos=args.videos, seconds=args.seconds, size=args.size, short_side=args.short_side,
+                       workers=args.workers)
+
+    def table(self, rows: Sequence[Dict[str, Any]]) -> Table:
+        r0 = rows[0]
+        return Table(
+            title=f"prep: {r0['videos']} clips of {r0['clip_seconds']:g} s, short side {r0['source_size']} -> "
+                  f"{r0['short_side']}, {r0['workers']} parallel jobs × {r0['threads_per_job']} threads, "
+                  f"best of {r0['repeats']}",
+            columns=["pipeline", "seconds", "videos/s", "ratio vs ffmpeg", "CPU s/video", "output size"],
+            rows=[[r["pipeline"], f"{r['seconds']:.2f}", f"{r['videos_per_s']:.2f}", f"{r['ratio_vs_ffmpeg']:.2f}×",
+                   f"{r['cpu_s_per_video']:.3f}", ", ".join(r["output_sizes"])] for r in rows],
+            align=["l", "r", "r", "r", "r", "l"],
         )
-    Console().print(table)

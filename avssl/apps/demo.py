@@ -7,13 +7,17 @@ encoder, the self-supervised encoders (no labels: ``avid_cma`` and ``audio_clust
 supervised upper bound, by linear probe and kNN. For the audio-visual methods (those with a joint
 embedding, ``avid_cma`` and ``xmodal_nce``) a second table gives their audio encoder's 5-fold linear probe
 (ESC-50's protocol shape) beside a random audio net, and video→audio retrieval on held-out videos.
+
+``avssl demo --seeds 0 1 2`` runs the whole demo once per seed (under ``OUT/seed<S>``) and states each
+number as mean ± sample standard deviation over the seeds; ``--page`` writes that, with the per-seed
+tables, as a results page (:mod:`avssl.apps.pages`).
 """
 from __future__ import annotations
 
 import logging
 import os
 import time
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 log = logging.getLogger(__name__)
 
@@ -22,16 +26,20 @@ DEMO_METHODS = ("avid_cma", "audio_clusters")
 # Methods with a joint audio-visual embedding: their audio encoder and retrieval are evaluated too.
 AUDIO_VISUAL = ("avid_cma", "xmodal_nce")
 
-CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "demo")
+
+def _config(name: str, overrides: List[str]) -> Any:
+    """A shipped demo config (``configs/demo/NAME``) with ``overrides``."""
+    from avssl.config import load_config, shipped_config
+
+    return load_config(shipped_config(f"demo/{name}"), overrides)
 
 
-def _config(name: str, out: str, overrides: List[str]) -> Any:
-    from avssl.config import load_config
+def demo_methods() -> List[str]:
+    """The self-supervised methods the demo can train: those with a ``configs/demo/<name>_tiny.yaml``."""
+    from avssl.config import shipped_configs
 
-    path = os.path.join(CONFIG_DIR, name)
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"demo config {path} not found: run the demo from a checkout of the avssl repository")
-    return load_config(path, overrides)
+    names = [os.path.basename(c)[: -len("_tiny.yaml")] for c in shipped_configs("demo") if c.endswith("_tiny.yaml")]
+    return sorted(n for n in names if n not in ("base", "supervised"))
 
 
 def run_demo(
@@ -48,50 +56,31 @@ def run_demo(
     """Run the whole demo under ``out``; print and return the result rows (also in ``out/results.json``)."""
     from rich.console import Console
 
-    from avssl.data.prep import prepare, print_summary
-    from avssl.data.synthetic import synthesize
+    from avssl.apps.synthetic import make_corpus
     from avssl.eval.plots import plot_training_curves
     from avssl.eval.report import print_results_table, write_results_json
     from avssl.runner import evaluate, fit
 
     console = Console()
     methods = tuple(methods)
-    unknown = [m for m in methods if not os.path.exists(os.path.join(CONFIG_DIR, f"{m}_tiny.yaml"))]
-    if unknown or "supervised" in methods:
-        known = sorted(f[:-len("_tiny.yaml")] for f in os.listdir(CONFIG_DIR) if f.endswith("_tiny.yaml")
-                       and f not in ("base_tiny.yaml", "supervised_tiny.yaml"))
-        from avssl.errors import InvalidArgument
-
-        raise InvalidArgument(f"demo methods {unknown or ['supervised']} not available (the supervised upper bound "
-                         f"always runs); choose from {', '.join(known)}")
+    check_methods(methods)
     t_start = time.perf_counter()
-    raw = os.path.join(out, "synthetic")
-    prepared = os.path.join(out, "prepared")
-    manifest = os.path.join(prepared, "manifest.csv")
-
-    console.rule("1/4  synthesise the audio-visual corpus")
-    t0 = time.perf_counter()
-    synthesize(raw, classes=classes, per_class=per_class, seconds=seconds, size=size, seed=seed, workers=workers)
-    t_synth = time.perf_counter() - t0
-
-    console.rule("2/4  prepare it (avssl prep: resize to 80 px, extract audio, manifest)")
-    t0 = time.perf_counter()
-    report = prepare(os.path.join(raw, "videos"), prepared, short_side=80, audio_rate=16000,
-                     csv=os.path.join(raw, "annotations.csv"), workers=workers)
-    print_summary(report)
-    t_prep = time.perf_counter() - t0
+    console.rule("1/3  synthesise the audio-visual corpus and prepare it (avssl prep: 80 px, audio, manifest)")
+    corpus = make_corpus(out, classes=classes, per_class=per_class, seconds=seconds, size=size, seed=seed,
+                         workers=workers)
+    manifest, report, t_synth, t_prep = corpus["manifest"], corpus["report"], corpus["synth_s"], corpus["prep_s"]
 
     common = [f"data.train={manifest}", f"seed={seed}"]
     if epochs is not None:
         common.append(f"trainer.max_epochs={epochs}")
     rows: List[Dict[str, Any]] = []
-    eval_cfg = _config("supervised_tiny.yaml", out, [*common, f"output_dir={os.path.join(out, 'runs', 'eval')}"])
+    eval_cfg = _config("supervised_tiny.yaml", [*common, f"output_dir={os.path.join(out, 'runs', 'eval')}"])
 
-    console.rule("3/4  pretrain")
+    console.rule("2/3  pretrain")
     checkpoints: Dict[str, str] = {}
     train_time: Dict[str, float] = {}
     for name in (*methods, "supervised"):
-        cfg = _config(f"{name}_tiny.yaml", out, [*common, f"output_dir={os.path.join(out, 'runs', name)}"])
+        cfg = _config(f"{name}_tiny.yaml", [*common, f"output_dir={os.path.join(out, 'runs', name)}"])
         console.print(f"[bold]{name}[/]: {cfg.model.video.name} video encoder, {cfg.trainer.max_epochs} epochs")
         t0 = time.perf_counter()
         checkpoints[name] = fit(cfg, resume=False)
@@ -102,7 +91,7 @@ def run_demo(
         except (KeyError, FileNotFoundError, ValueError) as e:
             log.info("no training curve for %s (%s)", name, e)
 
-    console.rule("4/4  evaluate on held-out videos (linear probe and kNN on frozen video features)")
+    console.rule("3/3  evaluate on held-out videos (linear probe and kNN on frozen video features)")
     plots = os.path.join(out, "plots")
     labelled = {"random init": None, **{n: checkpoints[n] for n in methods}, "supervised (upper bound)": checkpoints["supervised"]}
     for label, ckpt in labelled.items():
@@ -134,6 +123,17 @@ def run_demo(
     return rows + av_rows
 
 
+def check_methods(methods: Sequence[str]) -> None:
+    """Refuse (one line) a method without a demo config, and ``supervised`` (it always runs)."""
+    known = demo_methods()
+    unknown = [m for m in methods if m not in known]
+    if unknown or "supervised" in methods:
+        from avssl.errors import InvalidArgument
+
+        raise InvalidArgument(f"demo methods {unknown or ['supervised']} not available (the supervised upper bound "
+                              f"always runs); choose from {', '.join(known)}")
+
+
 def _audio_visual_rows(checkpoints: Dict[str, str], names: Sequence[str], out: str, common: List[str],
                        train_time: Dict[str, float]) -> List[Dict[str, Any]]:
     """Audio 5-fold probe (trained audio encoder vs a random one) and held-out video→audio recall@k."""
@@ -144,7 +144,7 @@ def _audio_visual_rows(checkpoints: Dict[str, str], names: Sequence[str], out: s
 
     rows: List[Dict[str, Any]] = []
     for i, name in enumerate(names):
-        cfg = _config(f"{name}_tiny.yaml", out, [*common, f"output_dir={os.path.join(out, 'runs', 'eval_av')}"])
+        cfg = _config(f"{name}_tiny.yaml", [*common, f"output_dir={os.path.join(out, 'runs', 'eval_av')}"])
         r = retrieval_evaluate(cfg, checkpoints[name])
         if i == 0:  # a random encoder's retrieval is chance: k of the held-out sounds
             folds = evaluate(cfg, None, protocols=("folds",), modality="audio", name="random init", progress=False)[0]
@@ -182,7 +182,7 @@ def run_image_demo(
     console = Console()
     t_start = time.perf_counter()
     common = [f"seed={seed}", f"data.train={image_set}"] + ([f"trainer.max_epochs={epochs}"] if epochs is not None else [])
-    eval_cfg = _config("digits_simclr.yaml", out, [*common, f"output_dir={os.path.join(out, 'image', 'eval')}"])
+    eval_cfg = _config("digits_simclr.yaml", [*common, f"output_dir={os.path.join(out, 'image', 'eval')}"])
     rows: List[Dict[str, Any]] = []
 
     def add(label: str, ckpt: Optional[str], train_s: float) -> None:
@@ -194,7 +194,7 @@ def run_image_demo(
 
     add("random init", None, 0.0)
     for name in methods:
-        cfg = _config(f"digits_{name}.yaml", out, [*common, f"output_dir={os.path.join(out, 'image', name)}"])
+        cfg = _config(f"digits_{name}.yaml", [*common, f"output_dir={os.path.join(out, 'image', name)}"])
         console.rule(f"{name}: {cfg.model.image.name} on digits, {cfg.trainer.max_epochs} epochs")
         t0 = time.perf_counter()
         ckpt = fit(cfg, resume=False)
@@ -204,3 +204,68 @@ def run_image_demo(
                                     f"total wall time {total / 60:.1f} min", console=console)
     write_results_json(rows, os.path.join(out, "image", "results.json"), meta={"wall_time_s": total, "seed": seed})
     return rows
+
+
+def run_seeds(seeds: Sequence[int] = (0,), out: str = "demo_out", page: Optional[str] = None,
+              command: str = "avssl demo", image: bool = False, **kwargs: Any) -> Dict[str, Any]:
+    """The demo (:func:`run_demo`, or :func:`run_image_demo` with ``image``) once per seed, every number
+    then stated as mean ± sample standard deviation over the seeds.
+
+    One seed runs in ``out`` itself, several each in ``out/seed<S>``. Prints the summary table(s), writes
+    ``out/summary.json`` (the summary and every seed's rows) and, with ``page``, a results page whose
+    top holds ``command``. ``kwargs`` go to the demo (classes, epochs, methods, …).
+
+    Returns ``{"per_seed": {seed: rows}, "summary": rows, "tables": [Table], "page": page}``.
+    """
+    from avssl.apps.pages import seed_summary_table, summarise_seeds, write_page
+    from avssl.errors import InvalidArgument
+    from avssl.eval.report import Table, write_results_json
+
+    seeds = [int(s) for s in seeds]
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise InvalidArgument(f"--seeds: give one or more different seeds, got {seeds}")
+    if not image:
+        check_methods(kwargs.get("methods", DEMO_METHODS))  # before any work, not after the first seed
+    t0 = time.perf_counter()
+    per_seed: Dict[int, List[Dict[str, Any]]] = {}
+    for s in seeds:
+        run_out = out if len(seeds) == 1 else os.path.join(out, f"seed{s}")
+        per_seed[s] = run_image_demo(out=run_out, seed=s, **kwargs) if image else run_demo(out=run_out, seed=s, **kwargs)
+    wall = time.perf_counter() - t0
+    summary = summarise_seeds(per_seed)
+    spread = f"mean ± sample std over seeds {', '.join(map(str, seeds))}" if len(seeds) > 1 else f"seed {seeds[0]}"
+    tables = [seed_summary_table(group, f"{_table_title(group)} ({spread})") for group in _result_kinds(summary)]
+    for table in tables:
+        table.print()
+    write_results_json(summary, os.path.join(out, "summary.json"),
+                       meta={"seeds": seeds, "wall_time_s": wall, "per_seed": {str(s): r for s, r in per_seed.items()}})
+    if page:
+        settings = ", ".join(f"{k.replace('_', '-')} {' '.join(map(str, v)) if isinstance(v, (list, tuple)) else v}"
+                             for k, v in kwargs.items() if k != "workers" and v is not None)
+        intro = ("Each method pretrains on the synthetic corpus without labels (the supervised upper bound uses them); "
+                 "its frozen encoder is then evaluated on held-out videos. "
+                 + (f"Settings: {settings}. " if settings else "")
+                 + f"Each number is the mean ± sample standard deviation over the {len(seeds)} seeds run; the "
+                   "per-seed tables follow. A rerun on another machine (CPU, thread count, library versions) gives "
+                   "other numbers within about this spread: they are not meant to be reproduced exactly.")
+        per_seed_md = [Table.from_results(group, f"seed {s}: {_table_title(group)}").markdown()
+                       for s, rows in per_seed.items() for group in _result_kinds(rows)]
+        write_page(page, "avssl demo" + (" --image" if image else ""), command, seeds,
+                   [*(t.markdown() for t in tables), "## Per seed", *per_seed_md], intro=intro, wall_s=wall)
+    return {"per_seed": per_seed, "summary": summary, "tables": tables, "page": page}
+
+
+def _result_kinds(rows: Sequence[Mapping[str, Any]]) -> List[List[Mapping[str, Any]]]:
+    """The rows in one group per table: the encoders' probes, then the audio-visual rows (audio probe and
+    retrieval); empty groups left out."""
+    av = [r for r in rows if "audio_folds_top1" in r]
+    return [g for g in ([r for r in rows if "audio_folds_top1" not in r], av) if g]
+
+
+def _table_title(rows: Sequence[Mapping[str, Any]]) -> str:
+    keys = {k for r in rows for k in r}
+    if "audio_folds_top1" in keys:
+        return "audio-visual methods: audio encoder (5-fold linear probe on all videos), video→audio retrieval"
+    if "video_top1" in keys:
+        return "frozen video encoder on the held-out videos: linear probe and kNN"
+    return "frozen image encoder on the held-out digits: linear probe and kNN"

@@ -44,13 +44,11 @@ Defaults: ``fp32`` on CPU; ``fp32, bf16, bf16+cl3d, bf16+cl3d+compile`` on CUDA 
 """
 from __future__ import annotations
 
+import argparse
 import contextlib
 import gc
-import json
 import math
-import os
 import statistics
-import tempfile
 import time
 from dataclasses import dataclass
 from types import MappingProxyType
@@ -59,11 +57,14 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 import torch
 import torch.nn as nn
 
-from avssl.utils import atomic_write_text
+from avssl.apps.bench.base import Benchmark, register
+from avssl.apps.bench.measure import MIB, peak_bytes
+from avssl.apps.options import POSITIVE_INT
+from avssl.errors import InvalidArgument
+from avssl.eval.report import Table, fmt
 
 NONLOCAL_STAGES: Mapping[str, Tuple[int, ...]] = MappingProxyType({"res3": (1, 3), "res4": (1, 3, 5)})
 SLOWFAST_ALPHA = 4
-MIB = 2.0**20
 
 #: Dense bf16 tensor-core peaks (TFLOP/s) by a substring of ``torch.cuda.get_device_name``; first match wins.
 BF16_PEAK_TFLOPS: Tuple[Tuple[str, float], ...] = (
@@ -75,32 +76,6 @@ BF16_PEAK_TFLOPS: Tuple[Tuple[str, float], ...] = (
     ("L40S", 362.0),
     ("L4", 121.0),
 )
-
-
-def peak_bytes(fn: Callable[[], Any], device: torch.device) -> int:
-    """Peak tensor memory of ``fn()`` above what is allocated before it: CUDA's peak-allocation counter
-    on a GPU, the torch.profiler memory timeline on the CPU."""
-    gc.collect()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-        base = torch.cuda.memory_allocated(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        fn()
-        torch.cuda.synchronize(device)
-        return torch.cuda.max_memory_allocated(device) - base
-    from torch.profiler import ProfilerActivity, profile
-
-    # The memory timeline needs shapes and stacks to attribute allocations to tensors.
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True, record_shapes=True, with_stack=True) as prof:
-        fn()
-    with tempfile.TemporaryDirectory(prefix="avssl-bench-") as tmp:
-        path = os.path.join(tmp, "memory.json")
-        prof.export_memory_timeline(path, device="cpu")
-        with open(path) as f:
-            _, sizes = json.load(f)  # [timestamps, [bytes per category] per timestamp]
-    totals = [sum(s) for s in sizes]
-    # The first point holds the tensors that existed before (parameters, inputs).
-    return int(max(totals) - totals[0]) if totals else 0
 
 
 @dataclass(frozen=True)
@@ -333,7 +308,7 @@ def _measure_pair(key: str, builds: Sequence[str], dev: torch.device, batch: int
             results[b] = {"peak_bytes": r.peak_bytes(), "memory_method": r.memory_method, "params": r.params,
                           "graph_breaks": r.graph_breaks}
             runners[b] = r
-        except Exception as e:  # a reference that fails is reported as "—"; run() raises for avssl
+        except Exception as e:  # a reference that fails is reported as "—"; measure() raises for avssl
             results[b] = {"error": _error(e)}
     # Alternate the builds step by step (AB BA AB …): both see the same background load and thermal state.
     times: Dict[str, List[float]] = {b: [] for b in runners}
@@ -354,18 +329,17 @@ def _measure_pair(key: str, builds: Sequence[str], dev: torch.device, batch: int
     return results
 
 
-def run(
+def measure(
     names: Optional[Sequence[str]] = None,
     device: str = "cpu",
     batch: int = 1,
     frames: int = 8,
     size: int = 112,
     repeats: int = 3,
-    out: Optional[str] = None,
     variants: Optional[Sequence[str]] = None,
-    print_table: bool = True,
+    progress: bool = True,
 ) -> List[Dict[str, Any]]:
-    """Measure every model × variant for the avssl and the reference build; print a table; return its rows.
+    """Measure every model × variant for the avssl and the reference build; one row per pair.
 
     Args:
         names: keys of :data:`MODELS` (default: all of them).
@@ -375,9 +349,8 @@ def run(
         size: spatial crop S (S×S).
         repeats: timed steps per build after the warm-up (their median is reported); the two builds'
             steps alternate.
-        out: also write the rows as JSON to this path (atomically).
         variants: see the module docstring; default ``["fp32"]`` on CPU, four variants on CUDA.
-        print_table: print the rich table.
+        progress: show which pair is being measured (on stderr).
 
     Each row: ``model, variant, device, device_name, batch, frames, size, input, reference`` (label or
     None), and for each build ``b`` in ``avssl``/``reference``: ``{b}_params``, ``{b}_ms`` (forward +
@@ -392,13 +365,13 @@ def run(
         _spec(k)
     for arg, v in (("batch", batch), ("frames", frames), ("size", size), ("repeats", repeats)):
         if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-            raise ValueError(f"{arg} must be a positive int, got {v!r}")
+            raise InvalidArgument(f"{arg} must be a positive int, got {v!r}")
     dev = torch.device(device)
     if dev.type not in ("cpu", "cuda"):
-        raise ValueError(f"device must be 'cpu' or 'cuda[:N]', got {device!r}")
+        raise InvalidArgument(f"device must be 'cpu' or 'cuda[:N]', got {device!r}")
     cuda = dev.type == "cuda"
     if cuda and not torch.cuda.is_available():
-        raise ValueError(f"device={device!r}: CUDA is not available")
+        raise InvalidArgument(f"device={device!r}: CUDA is not available")
     variants = list(variants) if variants else (
         ["fp32", "bf16", "bf16+cl3d", "bf16+cl3d+compile"] if cuda else ["fp32"]
     )
@@ -433,7 +406,7 @@ def run(
                 for b in BUILDS:
                     for field in ("params", "ms", "clips_per_s", "mem_mib", "gflop", "peak_frac"):
                         row[f"{b}_{field}"] = None
-                status = console.status(f"bench models: {key} ({variant})", spinner="dots") if print_table \
+                status = console.status(f"bench models: {key} ({variant})", spinner="dots") if progress \
                     else contextlib.nullcontext()
                 with status:
                     results = _measure_pair(key, builds, dev, batch, frames, size, repeats, variant)
@@ -461,63 +434,64 @@ def run(
                 rows.append(row)
     finally:
         torch.backends.cudnn.benchmark = prev_benchmark
-    if print_table:
-        print_rows(rows)
-    if out:
-        atomic_write_text(out, json.dumps(rows, indent=2))
     return rows
 
 
-def _fmt(v: Optional[float], spec: str, suffix: str = "") -> str:
-    return "—" if v is None else f"{v:{spec}}{suffix}"
+@register
+class ModelsBenchmark(Benchmark):
+    name = "models"
+    help = "forward+backward time and memory: avssl vs torchvision/pytorchvideo builds"
 
+    def add_arguments(self, p: argparse.ArgumentParser) -> None:
+        p.add_argument("--names", nargs="+", default=None, choices=list(MODELS))
+        p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+        p.add_argument("--batch", type=POSITIVE_INT, default=1)
+        p.add_argument("--frames", type=POSITIVE_INT, default=8)
+        p.add_argument("--size", type=POSITIVE_INT, default=112)
+        p.add_argument("--repeats", type=POSITIVE_INT, default=3)
+        p.add_argument("--variants", nargs="+", default=None,
+                       help="e.g. fp32 bf16 bf16+cl3d bf16+cl3d+compile (default: fp32 on CPU, all four on CUDA)")
 
-def print_rows(rows: Sequence[Dict[str, Any]]) -> None:
-    """Print benchmark rows as a rich table (wide enough for every column when stdout is not a terminal)."""
-    from rich.console import Console
-    from rich.table import Table
+    def run(self, args: argparse.Namespace) -> List[Dict[str, Any]]:
+        return measure(names=args.names, device=args.device, batch=args.batch, frames=args.frames, size=args.size,
+                       repeats=args.repeats, variants=args.variants)
 
-    if not rows:
-        return
-    console = Console()
-    if not console.is_terminal:
-        console = Console(width=160)
-    r0 = rows[0]
-    cuda = str(r0["device"]).startswith("cuda")
-    mem_note = {
-        "cuda_max_allocated": "peak allocated CUDA memory above model + input",
-        "profiler_timeline": "peak allocated tensor memory above model + input (torch.profiler timeline)",
-    }.get(str(r0.get("memory_method")), "peak memory")
-    refs = {r["model"]: r["reference"] or "none" for r in rows}
-    table = Table(
-        title=f"forward + backward per clip on {r0['device_name']}, batch {r0['batch']}",
-        caption=f"time: median of the timed steps; memory: {mem_note}; ratios: avssl / reference\n"
-        + "references: " + "; ".join(f"{k}: {v}" for k, v in refs.items()),
-    )
-    cols = ["model", "variant", "input", "avssl\nms", "ref\nms", "time\nratio", "avssl\nMiB", "ref\nMiB",
-            "mem\nratio", "avssl\nclips/s", "ref\nclips/s", "GFLOP\navssl", "GFLOP\nref"]
-    if cuda:
-        cols += ["avssl %\nbf16 peak", "ref %\nbf16 peak"]
-    for c in cols:
-        table.add_column(c, justify="left" if c in ("model", "variant", "input") else "right")
-    for r in rows:
-        cells = [
-            r["model"], r["variant"], r["input"],
-            _fmt(r["avssl_ms"], ".1f"), _fmt(r["reference_ms"], ".1f"), _fmt(r["time_ratio"], ".2f", "×"),
-            _fmt(r["avssl_mem_mib"], ".0f"), _fmt(r["reference_mem_mib"], ".0f"), _fmt(r["mem_ratio"], ".2f", "×"),
-            _fmt(r["avssl_clips_per_s"], ".2f"), _fmt(r["reference_clips_per_s"], ".2f"),
-            _fmt(r["avssl_gflop"], ".1f"), _fmt(r["reference_gflop"], ".1f"),
-        ]
+    def table(self, rows: Sequence[Dict[str, Any]]) -> Table:
+        r0 = rows[0] if rows else {"device": "cpu", "device_name": "?", "batch": "?"}
+        cuda = str(r0["device"]).startswith("cuda")
+        mem_note = {
+            "cuda_max_allocated": "peak allocated CUDA memory above model + input",
+            "profiler_timeline": "peak allocated tensor memory above model + input (torch.profiler timeline)",
+        }.get(str(r0.get("memory_method")), "peak memory")
+        refs = {r["model"]: r["reference"] or "none" for r in rows}
+        cols = ["model", "variant", "input", "avssl ms", "ref ms", "time ratio", "avssl MiB", "ref MiB",
+                "mem ratio", "avssl clips/s", "ref clips/s", "GFLOP avssl", "GFLOP ref"]
         if cuda:
-            for b in BUILDS:
-                frac = r[f"{b}_peak_frac"]
-                cells.append(_fmt(None if frac is None else 100 * frac, ".1f"))
-        table.add_row(*cells)
-    console.print(table)
-    for r in rows:
-        breaks = {b: r.get(f"{b}_graph_breaks") for b in BUILDS if r.get(f"{b}_graph_breaks")}
-        if breaks:
-            console.print(f"{r['model']} ({r['variant']}): torch.compile graph breaks: "
-                          + ", ".join(f"{b} {n}" for b, n in breaks.items()))
-        if r.get("reference_error"):
-            console.print(f"[yellow]{r['model']} ({r['variant']}): the reference build failed: {r['reference_error']}")
+            cols += ["avssl % bf16 peak", "ref % bf16 peak"]
+        cells = []
+        for r in rows:
+            row = [
+                r["model"], r["variant"], r["input"],
+                fmt(r["avssl_ms"], ".1f"), fmt(r["reference_ms"], ".1f"), fmt(r["time_ratio"], ".2f", "×"),
+                fmt(r["avssl_mem_mib"], ".0f"), fmt(r["reference_mem_mib"], ".0f"), fmt(r["mem_ratio"], ".2f", "×"),
+                fmt(r["avssl_clips_per_s"], ".2f"), fmt(r["reference_clips_per_s"], ".2f"),
+                fmt(r["avssl_gflop"], ".1f"), fmt(r["reference_gflop"], ".1f"),
+            ]
+            if cuda:
+                row += [fmt(None if r[f"{b}_peak_frac"] is None else 100 * r[f"{b}_peak_frac"], ".1f") for b in BUILDS]
+            cells.append(row)
+        notes = []
+        for r in rows:
+            breaks = {b: r.get(f"{b}_graph_breaks") for b in BUILDS if r.get(f"{b}_graph_breaks")}
+            if breaks:
+                notes.append(f"{r['model']} ({r['variant']}): torch.compile graph breaks: "
+                             + ", ".join(f"{b} {n}" for b, n in breaks.items()))
+            if r.get("reference_error"):
+                notes.append(f"{r['model']} ({r['variant']}): the reference build failed: {r['reference_error']}")
+        return Table(
+            title=f"forward + backward per clip on {r0['device_name']}, batch {r0['batch']}",
+            columns=cols, rows=cells, align=["l", "l", "l"] + ["r"] * (len(cols) - 3),
+            caption=f"time: median of the timed steps; memory: {mem_note}; ratios: avssl / reference; "
+                    "references: " + "; ".join(f"{k}: {v}" for k, v in refs.items()),
+            notes=notes,
+        )

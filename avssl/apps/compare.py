@@ -23,21 +23,22 @@ from __future__ import annotations
 import json
 import logging
 import os
-import platform
 import statistics
 import time
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence
 
+from avssl.apps.pages import mean_std_text, summarise
+from avssl.eval.report import Table
+
 log = logging.getLogger(__name__)
 
-CONFIG_ROOT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
 STAGES = ("res2", "res3", "res4", "res5")
 
 
 @dataclass(frozen=True)
 class Entry:
-    """One row of the comparison: a name, its config (relative to ``configs/``) and its family."""
+    """One row of the comparison: a name, its config (a shipped config's name) and its family."""
 
     name: str
     config: str
@@ -82,55 +83,20 @@ def _entries(names: Optional[Sequence[str]]) -> List[Entry]:
     return [by_name[n] for n in names]
 
 
-def make_corpus(out: str, classes: int = 10, per_class: int = 24, seconds: float = 4.0, size: int = 128,
-                seed: int = 0, workers: Optional[int] = None, short_side: int = 80) -> Dict[str, Any]:
-    """Synthesise the audio-visual corpus under ``out/synthetic`` and prepare it under ``out/prepared``.
+def _config(name: str, overrides: Sequence[str]) -> Any:
+    """A shipped config (``demo/…``, ``compare/…``) with ``overrides``."""
+    from avssl.config import load_config, shipped_config
 
-    Returns ``{"manifest", "report", "synth_s", "prep_s"}``. Both steps skip work already done
-    (synthesis writes a video only when it is missing; prep resumes), so a second call is cheap.
-    """
-    from avssl.data.prep import prepare, print_summary
-    from avssl.data.synthetic import synthesize
-
-    raw = os.path.join(out, "synthetic")
-    prepared = os.path.join(out, "prepared")
-    t0 = time.perf_counter()
-    synthesize(raw, classes=classes, per_class=per_class, seconds=seconds, size=size, seed=seed, workers=workers)
-    t_synth = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    report = prepare(os.path.join(raw, "videos"), prepared, short_side=short_side, audio_rate=16000,
-                     csv=os.path.join(raw, "annotations.csv"), workers=workers)
-    print_summary(report)
-    return {"manifest": os.path.join(prepared, "manifest.csv"), "report": report, "synth_s": t_synth,
-            "prep_s": time.perf_counter() - t0}
+    return load_config(shipped_config(name), list(overrides))
 
 
-def _config(rel: str, overrides: Sequence[str]) -> Any:
-    from avssl.config import load_config
-
-    path = os.path.join(CONFIG_ROOT, rel)
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"config {path} not found: run from a checkout of the avssl repository")
-    return load_config(path, list(overrides))
-
-
-def summarise(values: Sequence[float]) -> Dict[str, float]:
-    """Mean and sample standard deviation (0 for one value) of per-seed numbers."""
-    vals = [float(v) for v in values]
-    return {"mean": statistics.fmean(vals), "std": statistics.stdev(vals) if len(vals) > 1 else 0.0, "n": len(vals)}
-
-
-def _pm(s: Dict[str, float]) -> str:
-    return f"{100 * s['mean']:.1f}" + (f" ± {100 * s['std']:.1f}" if s["n"] > 1 else "")
-
-
-def markdown_table(rows: Sequence[Dict[str, Any]]) -> str:
-    """The summary rows (``summary_rows``) as a Markdown table, best linear top-1 first within a family."""
-    lines = ["| method | family | linear top-1 (%) | kNN top-1 (%) | train (s) |", "|---|---|---|---|---|"]
-    for r in rows:
-        lines.append(f"| {r['method']} | {r['family']} | {_pm(r['linear'])} | {_pm(r['knn'])} | "
-                     f"{r['train_s']:.0f} |")
-    return "\n".join(lines)
+def summary_table(rows: Sequence[Dict[str, Any]]) -> Table:
+    """The summary rows (``summary_rows``): linear and kNN top-1 (%, mean ± std over seeds), training time."""
+    return Table("linear probe and kNN on frozen video features of the held-out videos",
+                 ["method", "family", "linear top-1 (%)", "kNN top-1 (%)", "train (s)"],
+                 [[r["method"], r["family"], mean_std_text(r["linear"], 100.0), mean_std_text(r["knn"], 100.0),
+                   f"{r['train_s']:.0f}"] for r in rows],
+                 align=["l", "l", "r", "r", "r"])
 
 
 def summary_rows(per_seed: Sequence[Dict[str, Any]], families: Dict[str, str]) -> List[Dict[str, Any]]:
@@ -208,6 +174,8 @@ def run_compare(
     """
     from rich.console import Console
 
+    from avssl.apps.pages import write_page
+    from avssl.apps.synthetic import make_corpus
     from avssl.eval.report import write_results_json
     from avssl.runner import evaluate, fit
     from avssl.utils import atomic_write_text
@@ -289,11 +257,12 @@ def run_compare(
     png = os.path.join(out, "comparison.png")
     if summary:
         plot_comparison(summary, png, chance=1.0 / classes)
-    text = render_page(summary, layer_rows, layerwise, seeds=seeds, epochs=epochs, classes=classes,
-                       per_class=per_class, seconds=seconds, wall_s=total, command=command, failed=failed,
-                       png=os.path.basename(png) if summary else None, reused=len(reused))
+    body = page_body(summary, layer_rows, layerwise, seeds=seeds, epochs=epochs, classes=classes,
+                     per_class=per_class, seconds=seconds, failed=failed,
+                     png=os.path.basename(png) if summary else None, reused=len(reused))
+    title = "Comparison of the self-supervised methods on the synthetic corpus"
     page_path = page or os.path.join(out, "comparison.md")
-    atomic_write_text(page_path, text)
+    text = write_page(page_path, title, command, seeds, body, wall_s=total)
     if page:
         atomic_write_text(os.path.join(out, "comparison.md"), text)
         if summary:
@@ -308,20 +277,12 @@ def run_compare(
     return {"per_seed": per_seed, "summary": summary, "layerwise": layer_rows, "page": page_path}
 
 
-def render_page(summary: Sequence[Dict[str, Any]], layer_rows: Sequence[Dict[str, Any]], layerwise: Optional[str],
-                seeds: Sequence[int], epochs: int, classes: int, per_class: int, seconds: float, wall_s: float,
-                command: str, failed: Sequence[str] = (), png: Optional[str] = None, reused: int = 0) -> str:
-    """The Markdown page: set-up, the comparison table, the layer-wise table, how to reproduce."""
-    import torch
-
-    parts = [
-        "# Comparison of the self-supervised methods on the synthetic corpus",
-        "",
-        f"Produced by `{command}` in {wall_s / 60:.0f} min on {os.cpu_count()} CPU cores "
-        f"({platform.processor() or platform.machine()}, torch {torch.__version__})"
-        + (f", reusing {reused} finished runs of an earlier call (their training time is in the table)." if reused
-           else "."),
-        "",
+def page_body(summary: Sequence[Dict[str, Any]], layer_rows: Sequence[Dict[str, Any]], layerwise: Optional[str],
+              seeds: Sequence[int], epochs: int, classes: int, per_class: int, seconds: float,
+              failed: Sequence[str] = (), png: Optional[str] = None, reused: int = 0) -> List[str]:
+    """The page's blocks below its head (:func:`avssl.apps.pages.render_page`): set-up, the comparison
+    table, the layer-wise table."""
+    setup = "\n".join([
         f"- **Corpus:** `avssl synth`: {classes} classes × {per_class} videos × {seconds:g} s, prepared to 80 px; "
         f"held-out videos are the val split. Chance is {100 / classes:.0f}%.",
         f"- **Encoder and budget:** every method trains the same `r2plus1d_tiny` video encoder on 8×64² clips "
@@ -329,24 +290,25 @@ def render_page(summary: Sequence[Dict[str, Any]], layer_rows: Sequence[Dict[str
         "except by the supervised upper bound.",
         "- **Evaluation:** frozen video features of 2 clips per video; a linear probe and a kNN classifier "
         "(k = 20) trained on the train split, top-1 per held-out video.",
-        f"- **Seeds:** {', '.join(map(str, seeds))}" + (" (mean ± std over seeds)." if len(seeds) > 1 else "."),
-        "",
-        markdown_table(summary),
-        "",
-    ]
+        "- **Numbers:** " + ("mean ± sample standard deviation over the seeds; " if len(seeds) > 1 else "one seed; ")
+        + "a rerun on another machine gives other numbers within about the seeds' spread, not these exactly."
+        + (f" {reused} finished runs of an earlier call were reused (their training time is in the table)."
+           if reused else ""),
+    ])
+    blocks = [setup, summary_table(summary).markdown()]
     if png:
-        parts += [f"![linear top-1 per method]({png})", ""]
+        blocks.append(f"![linear top-1 per method]({png})")
     if failed:
-        parts += [f"Failed to train (see the log): {', '.join(failed)}.", ""]
+        blocks.append(f"Failed to train (see the log): {', '.join(failed)}.")
     if layer_rows:
         encs = list(dict.fromkeys(r["encoder"] for r in layer_rows))
         stages = list(dict.fromkeys(r["stage"] for r in layer_rows))
-        parts += [f"## Layer-wise linear probe: {layerwise}", "",
-                  "Linear probe on each stage's globally pooled features (seed "
-                  f"{seeds[0]}), the same encoder at random init beside it.", "",
-                  "| encoder | " + " | ".join(stages) + " |", "|---" * (len(stages) + 1) + "|"]
+        cells = []
         for enc in encs:
             vals = {r["stage"]: r["top1"] for r in layer_rows if r["encoder"] == enc}
-            parts.append(f"| {enc} | " + " | ".join(f"{100 * vals[s]:.1f}" for s in stages) + " |")
-        parts.append("")
-    return "\n".join(parts)
+            cells.append([enc, *(f"{100 * vals[s]:.1f}" for s in stages)])
+        blocks += [f"## Layer-wise linear probe: {layerwise}",
+                   "Linear probe on each stage's globally pooled features (seed "
+                   f"{seeds[0]}), the same encoder at random init beside it.",
+                   Table(f"linear top-1 (%) per stage, seed {seeds[0]}", ["encoder", *stages], cells).markdown()]
+    return blocks

@@ -10,16 +10,18 @@ log-mel spectrogram. They share the transform code (avssl's), so the difference 
 """
 from __future__ import annotations
 
-import json
+import argparse
 import os
 import tempfile
 import time
-from typing import Any, Dict, Iterable, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 import torch
 from torch.utils.data import DataLoader
 
-from avssl.utils import atomic_write_text
+from avssl.apps.bench.base import Benchmark, register
+from avssl.apps.options import NON_NEGATIVE_INT, POSITIVE_INT, existing_dir
+from avssl.eval.report import Table
 
 CLIP_SECONDS = 2.0
 FRAMES = 8
@@ -105,7 +107,7 @@ def _corpus_rows(corpus: Optional[str], n_videos: int, workdir: str):
     from avssl.data import load_rows
 
     if corpus is None:
-        from avssl.data.synthetic import synthesize
+        from avssl.apps.synthetic import synthesize
 
         classes = 4
         corpus_dir = os.path.join(workdir, "corpus")
@@ -115,22 +117,19 @@ def _corpus_rows(corpus: Optional[str], n_videos: int, workdir: str):
     return rows[:n_videos] if n_videos else rows
 
 
-def run(
+def measure(
     corpus: Optional[str] = None,
     n_videos: int = 24,
     n_clips: int = 48,
     workers: Sequence[int] = (0, 1, 2),
-    out: Optional[str] = None,
-    print_table: bool = True,
 ) -> List[Dict[str, Any]]:
-    """Measure both pipelines at each worker count; print a table; return its rows.
+    """Measure both pipelines at each worker count; one row per worker count.
 
     Args:
         corpus: a folder tree, manifest or CSV of videos (default: a generated synthetic corpus).
         n_videos: videos used from the corpus.
         n_clips: clips timed per pipeline and worker count.
         workers: DataLoader worker counts to measure.
-        out: also write the rows as JSON to this path.
     """
     torch.set_num_threads(1)  # one decode thread per worker process, as in a real data loader
     with tempfile.TemporaryDirectory() as tmp:
@@ -145,30 +144,34 @@ def run(
                     "avssl_clips_per_s": round(ours, 2),
                     "pytorchvideo_clips_per_s": round(ref, 2),
                     "ratio": round(ours / ref, 2),
+                    "videos": len(rows),
+                    "clips": n_clips,
                 }
             )
-    if print_table:
-        _print(results, n_videos=len(rows), n_clips=n_clips)
-    if out:
-        atomic_write_text(out, json.dumps(results, indent=2))
     return results
 
 
-def _print(results: Iterable[Dict[str, Any]], n_videos: int, n_clips: int) -> None:
-    from rich.console import Console
-    from rich.table import Table
+@register
+class DataBenchmark(Benchmark):
+    name = "data"
+    help = "clips/s of decode+augment: avssl vs pytorchvideo's LabeledVideoDataset"
 
-    table = Table(
-        title=f"decode + augment: {FRAMES}×{CROP}² video + {CLIP_SECONDS:g} s audio (log-mel), "
-        f"{n_clips} clips from {n_videos} videos"
-    )
-    for col in ("workers", "avssl clips/s", "pytorchvideo clips/s", "ratio"):
-        table.add_column(col, justify="right")
-    for r in results:
-        table.add_row(
-            str(r["workers"]),
-            f"{r['avssl_clips_per_s']:.1f}",
-            f"{r['pytorchvideo_clips_per_s']:.1f}",
-            f"{r['ratio']:.2f}×",
+    def add_arguments(self, p: argparse.ArgumentParser) -> None:
+        p.add_argument("--corpus", type=existing_dir, default=None, help="a corpus folder (default: generate one)")
+        p.add_argument("--videos", type=POSITIVE_INT, default=24)
+        p.add_argument("--clips", type=POSITIVE_INT, default=48, help="clips timed per setting")
+        p.add_argument("--workers", type=NON_NEGATIVE_INT, nargs="+", default=[0, 1, 2])
+
+    def run(self, args: argparse.Namespace) -> List[Dict[str, Any]]:
+        return measure(corpus=args.corpus, n_videos=args.videos, n_clips=args.clips, workers=args.workers)
+
+    def table(self, rows: Sequence[Dict[str, Any]]) -> Table:
+        r0 = rows[0] if rows else {"videos": 0, "clips": 0}
+        return Table(
+            title=f"decode + augment: {FRAMES}×{CROP}² video + {CLIP_SECONDS:g} s audio (log-mel), "
+                  f"{r0['clips']} clips from {r0['videos']} videos",
+            columns=["workers", "avssl clips/s", "pytorchvideo clips/s", "ratio"],
+            rows=[[str(r["workers"]), f"{r['avssl_clips_per_s']:.1f}", f"{r['pytorchvideo_clips_per_s']:.1f}",
+                   f"{r['ratio']:.2f}×"] for r in rows],
+            align=["r"] * 4,
         )
-    Console().print(table)

@@ -28,17 +28,18 @@ from __future__ import annotations
 
 import argparse
 import gc
-import json
 import time
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
 
+from avssl.apps.bench.base import Benchmark, register
+from avssl.apps.bench.measure import MIB, peak_bytes, sync
+from avssl.apps.options import NON_NEGATIVE_INT, POSITIVE_INT, int_at_least
+from avssl.eval.report import Table, fmt
 from avssl.memory import agreement_scores, canonical_agreement, cma_positives
-from avssl.utils import atomic_write_text
 
-MIB = 2.0**20
 GB = 1e9
 
 
@@ -51,25 +52,13 @@ def naive_cma_positives(video: torch.Tensor, audio: torch.Tensor, k: int, agreem
     return score.topk(k, dim=1).indices
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def _timed(fn: Callable[[], torch.Tensor], device: torch.device) -> Dict[str, Any]:
     gc.collect()
-    _sync(device)
+    sync(device)
     t0 = time.perf_counter()
     out = fn()
-    _sync(device)
+    sync(device)
     return {"seconds": time.perf_counter() - t0, "out": out}
-
-
-def _peak_bytes(fn: Callable[[], torch.Tensor], device: torch.device) -> int:
-    """Peak tensor memory of ``fn()`` above what is allocated before it."""
-    from avssl.bench.models import peak_bytes
-
-    return peak_bytes(fn, device)
 
 
 def _banks(n: int, dim: int, device: torch.device, seed: int):
@@ -87,16 +76,16 @@ def matmul_gflops(n: int, dim: int, chunk_size: int, device: torch.device, seed:
     q @ b.T  # warm-up
     best = float("inf")
     for _ in range(repeats):
-        _sync(device)
+        sync(device)
         t0 = time.perf_counter()
         out = q @ b.T
-        _sync(device)
+        sync(device)
         best = min(best, time.perf_counter() - t0)
         del out
     return 2.0 * q.shape[0] * n * dim / best / 1e9
 
 
-def run_cma_bench(
+def measure(
     sizes: Sequence[int] = (10000, 100000, 240000),
     dim: int = 128,
     k: int = 32,
@@ -129,13 +118,13 @@ def run_cma_bench(
         row["chunked_gflops"] = 2 * 2.0 * n * n * dim / res["seconds"] / 1e9
         row["matmul_gflops"] = matmul_gflops(int(n), dim, chunk_size, dev, seed)
         row["matmul_fraction"] = row["chunked_gflops"] / row["matmul_gflops"]
-        row["chunked_peak_mib"] = _peak_bytes(chunked, dev) / MIB if measure_memory else None
+        row["chunked_peak_mib"] = peak_bytes(chunked, dev) / MIB if measure_memory else None
         chunk_out = res["out"]
         del res
         if n <= naive_max_n:
             nres = _timed(naive, dev)
             row["naive_s"] = nres["seconds"]
-            row["naive_peak_mib"] = _peak_bytes(naive, dev) / MIB if measure_memory else None
+            row["naive_peak_mib"] = peak_bytes(naive, dev) / MIB if measure_memory else None
             same_rows = (chunk_out.sort(dim=1).values == nres["out"].sort(dim=1).values).all(dim=1)
             row["identical"] = bool(torch.equal(chunk_out, nres["out"]))
             row["rows_matching"] = float(same_rows.float().mean())
@@ -153,70 +142,50 @@ def run_cma_bench(
     return rows
 
 
-def _fmt(v: Optional[float], spec: str, suffix: str = "") -> str:
-    return "—" if v is None else f"{v:{spec}}{suffix}"
+@register
+class CmaBenchmark(Benchmark):
+    name = "cma"
+    help = "CMA positive-set search: chunked vs the naive full N×N similarity matrices"
 
+    def add_arguments(self, p: argparse.ArgumentParser) -> None:
+        p.add_argument("--sizes", type=int_at_least(2), nargs="+", default=[10000, 100000, 240000])
+        p.add_argument("--dim", type=POSITIVE_INT, default=128)
+        p.add_argument("--k", type=POSITIVE_INT, default=32)
+        p.add_argument("--chunk-size", type=POSITIVE_INT, default=4096)
+        p.add_argument("--agreement", default="min", choices=["min", "max", "video", "audio"])
+        p.add_argument("--naive-max-n", type=NON_NEGATIVE_INT, default=20000)
+        p.add_argument("--device", default=None)
+        p.add_argument("--no-memory", action="store_true", help="skip the memory measurement (a second run per search)")
 
-def format_table(rows: Sequence[Dict[str, Any]]):
-    """The rows as a rich ``Table`` (printable with ``rich.print`` or a ``Console``)."""
-    from rich.table import Table
+    def run(self, args: argparse.Namespace) -> List[Dict[str, Any]]:
+        return measure(args.sizes, dim=args.dim, k=args.k, chunk_size=args.chunk_size, device=args.device,
+                       agreement=args.agreement, naive_max_n=args.naive_max_n, measure_memory=not args.no_memory)
 
-    r0 = rows[0] if rows else {}
-    mem = {"cuda_max_allocated": "peak allocated CUDA memory above the banks",
-           "profiler_timeline": "peak tensor memory above the banks (torch.profiler timeline)"}
-    table = Table(
-        title=f"CMA positive search on {r0.get('device_name', '?')}: agreement {r0.get('agreement', '?')}, "
-              f"k={r0.get('k', '?')}, dim={r0.get('dim', '?')}, chunk_size={r0.get('chunk_size', '?')}",
-        caption=f"memory: {mem.get(str(r0.get('memory_method')), 'peak memory')}; naive: full N×N matrices + topk; "
-                f"of matmul: the search's matmul flops per second against a plain chunk×N torch.mm "
-                f"({r0.get('matmul_gflops', 0):.0f} GFLOP/s here)",
-    )
-    for c in ("N", "chunked s", "chunked MiB", "GFLOP/s", "of matmul", "naive s", "naive MiB", "identical"):
-        table.add_column(c, justify="right")
-    for r in rows:
-        if r["naive_s"] is None:
-            same = r["naive_note"]
-        elif r["identical"]:
-            same = "yes"
-        else:  # equal (or last-bit different) scores may come in another order: topk does not order ties
-            same = f"same sets in {100 * r['rows_matching']:.2f} % of rows"
-            if r["rows_reordered"]:
-                same += f"; order of ties differs in {r['rows_reordered']}"
-        table.add_row(f"{r['n']:,}", _fmt(r["chunked_s"], ".2f"), _fmt(r["chunked_peak_mib"], ".0f"),
-                      _fmt(r.get("chunked_gflops"), ".1f"),
-                      _fmt(None if r.get("matmul_fraction") is None else 100 * r["matmul_fraction"], ".0f", " %"),
-                      _fmt(r["naive_s"], ".2f"), _fmt(r["naive_peak_mib"], ".0f"), same)
-    return table
-
-
-def print_rows(rows: Sequence[Dict[str, Any]]) -> None:
-    from rich.console import Console
-
-    console = Console()
-    if not console.is_terminal:
-        console = Console(width=140)
-    console.print(format_table(rows))
-
-
-def main(argv: Optional[Sequence[str]] = None) -> List[Dict[str, Any]]:
-    p = argparse.ArgumentParser(prog="avssl bench cma", description=__doc__.splitlines()[0])
-    p.add_argument("--sizes", type=int, nargs="+", default=[10000, 100000, 240000])
-    p.add_argument("--dim", type=int, default=128)
-    p.add_argument("--k", type=int, default=32)
-    p.add_argument("--chunk-size", type=int, default=4096)
-    p.add_argument("--agreement", default="min")
-    p.add_argument("--naive-max-n", type=int, default=20000)
-    p.add_argument("--device", default=None)
-    p.add_argument("--no-memory", action="store_true", help="skip the memory measurement (a second run per search)")
-    p.add_argument("--json", default=None, help="also write the rows to this JSON file")
-    args = p.parse_args(argv)
-    rows = run_cma_bench(args.sizes, dim=args.dim, k=args.k, chunk_size=args.chunk_size, device=args.device,
-                         agreement=args.agreement, naive_max_n=args.naive_max_n, measure_memory=not args.no_memory)
-    print_rows(rows)
-    if args.json:
-        atomic_write_text(args.json, json.dumps(rows, indent=2) + "\n")
-    return rows
-
-
-if __name__ == "__main__":
-    main()
+    def table(self, rows: Sequence[Dict[str, Any]]) -> Table:
+        r0 = rows[0] if rows else {}
+        mem = {"cuda_max_allocated": "peak allocated CUDA memory above the banks",
+               "profiler_timeline": "peak tensor memory above the banks (torch.profiler timeline)"}
+        cells = []
+        for r in rows:
+            if r["naive_s"] is None:
+                same = r["naive_note"]
+            elif r["identical"]:
+                same = "yes"
+            else:  # equal (or last-bit different) scores may come in another order: topk does not order ties
+                same = f"same sets in {100 * r['rows_matching']:.2f} % of rows"
+                if r["rows_reordered"]:
+                    same += f"; order of ties differs in {r['rows_reordered']}"
+            cells.append([f"{r['n']:,}", fmt(r["chunked_s"], ".2f"), fmt(r["chunked_peak_mib"], ".0f"),
+                          fmt(r.get("chunked_gflops"), ".1f"),
+                          fmt(None if r.get("matmul_fraction") is None else 100 * r["matmul_fraction"], ".0f", " %"),
+                          fmt(r["naive_s"], ".2f"), fmt(r["naive_peak_mib"], ".0f"), same])
+        return Table(
+            title=f"CMA positive search on {r0.get('device_name', '?')}: agreement {r0.get('agreement', '?')}, "
+                  f"k={r0.get('k', '?')}, dim={r0.get('dim', '?')}, chunk_size={r0.get('chunk_size', '?')}",
+            columns=["N", "chunked s", "chunked MiB", "GFLOP/s", "of matmul", "naive s", "naive MiB", "identical"],
+            rows=cells,
+            align=["r"] * 7 + ["l"],
+            caption=f"memory: {mem.get(str(r0.get('memory_method')), 'peak memory')}; naive: full N×N matrices + topk; "
+                    f"of matmul: the search's matmul flops per second against a plain chunk×N torch.mm "
+                    f"({r0.get('matmul_gflops', 0):.0f} GFLOP/s here)",
+        )

@@ -15,13 +15,12 @@ implementation of the paper's formula written here. Each row says whether both g
 * ``swav``: scores against 3,000 prototypes, Sinkhorn ε 0.05 × 3 iterations, two crops.
 
 Time is the median of ``--repeats`` runs after one warm-up (CUDA synchronised); peak memory is the
-peak tensor memory above what is allocated before the call (``peak_bytes`` of ``avssl bench models``).
+peak tensor memory above what is allocated before the call (:func:`avssl.apps.bench.measure.peak_bytes`).
 On CPU, the cells of batch 4096 × dim 8192 are skipped unless ``--full`` (minutes each on 2 cores).
 """
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import time
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
@@ -29,11 +28,13 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import torch
 import torch.nn.functional as F
 
+from avssl.apps.bench.base import Benchmark, register
+from avssl.apps.bench.measure import MIB, peak_bytes, sync
+from avssl.apps.options import POSITIVE_INT
+from avssl.eval.report import Table, fmt
 from avssl.losses import build_loss
-from avssl.utils import atomic_write_text
 
 LOSSES = ("nt_xent", "moco", "byol", "simsiam", "barlow_twins", "vicreg", "swav")
-MIB = 2.0 ** 20
 QUEUE = 16384
 PROTOTYPES = 3000
 
@@ -176,11 +177,6 @@ def make_case(name: str, batch: int, dim: int, device: torch.device, seed: int =
     raise KeyError(f"unknown loss {name!r} for the benchmark; known: {', '.join(LOSSES)}")
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def _time(fn: Callable[[], torch.Tensor], leaves: Sequence[torch.Tensor], device: torch.device,
           repeats: int) -> Tuple[float, float]:
     """(median seconds of forward + backward, the loss value)."""
@@ -194,17 +190,15 @@ def _time(fn: Callable[[], torch.Tensor], leaves: Sequence[torch.Tensor], device
     value = step()  # warm-up
     times = []
     for _ in range(repeats):
-        _sync(device)
+        sync(device)
         t0 = time.perf_counter()
         step()
-        _sync(device)
+        sync(device)
         times.append(time.perf_counter() - t0)
     return statistics.median(times), value
 
 
 def _peak(fn: Callable[[], torch.Tensor], leaves: Sequence[torch.Tensor], device: torch.device) -> float:
-    from avssl.bench.models import peak_bytes
-
     def step() -> torch.Tensor:
         for t in leaves:
             t.grad = None
@@ -227,7 +221,7 @@ def grid(losses: Sequence[str], batch_sizes: Sequence[int], dims: Sequence[int],
     return cells
 
 
-def run_loss_bench(
+def measure(
     losses: Sequence[str] = LOSSES,
     batch_sizes: Sequence[int] = (256, 1024, 4096),
     dims: Sequence[int] = (128, 2048, 8192),
@@ -268,55 +262,37 @@ def run_loss_bench(
     return rows
 
 
-def format_table(rows: Sequence[Dict[str, Any]]):
-    from rich.table import Table
+@register
+class LossesBenchmark(Benchmark):
+    name = "losses"
+    help = "forward+backward time and memory of each loss vs an independent implementation"
 
-    r0 = rows[0] if rows else {}
-    table = Table(title=f"losses, forward + backward on {r0.get('device', '?')} (fp32; median of repeats)")
-    for c in ("loss", "batch", "dim", "avssl ms", "reference ms", "ratio", "avssl MiB", "reference MiB",
-              "reference", "same value"):
-        table.add_column(c, justify="left" if c in ("loss", "reference") else "right")
+    def add_arguments(self, p: argparse.ArgumentParser) -> None:
+        p.add_argument("--losses", nargs="+", default=list(LOSSES), choices=LOSSES, metavar="LOSS")
+        p.add_argument("--batch-sizes", type=POSITIVE_INT, nargs="+", default=[256, 1024, 4096])
+        p.add_argument("--dims", type=POSITIVE_INT, nargs="+", default=[128, 2048, 8192],
+                       help="Barlow Twins' embedding sizes")
+        p.add_argument("--other-dim", type=POSITIVE_INT, default=128, help="embedding size of the other losses")
+        p.add_argument("--device", default=None)
+        p.add_argument("--repeats", type=POSITIVE_INT, default=3)
+        p.add_argument("--full", action="store_true", help="also the largest cells on CPU")
+        p.add_argument("--no-memory", action="store_true", help="skip the peak-memory runs")
+        p.add_argument("--no-lightly", action="store_true", help="formula references even where lightly is installed")
 
-    def f(v: Optional[float], spec: str) -> str:
-        return "—" if v is None else format(v, spec)
+    def run(self, args: argparse.Namespace) -> List[Dict[str, Any]]:
+        return measure(args.losses, args.batch_sizes, args.dims, args.other_dim, args.device, args.repeats,
+                       args.full, not args.no_memory, not args.no_lightly)
 
-    for r in rows:
-        ratio = None if not r.get("ref_ms") else r["ours_ms"] / r["ref_ms"]
-        same = r["note"] or ("yes" if r["agree"] else f"no ({r['ours_value']:.6g} vs {r['ref_value']:.6g})")
-        table.add_row(r["loss"], str(r["batch"]), str(r["dim"]), f(r["ours_ms"], ".2f"), f(r["ref_ms"], ".2f"),
-                      "—" if ratio is None else f"{ratio:.2f}×", f(r["ours_mib"], ".1f"), f(r["ref_mib"], ".1f"),
-                      r["ref"] or "—", same)
-    return table
-
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    """The benchmark's options (shared by ``avssl bench losses`` and :func:`main`)."""
-    p.add_argument("--losses", nargs="+", default=list(LOSSES))
-    p.add_argument("--batch-sizes", type=int, nargs="+", default=[256, 1024, 4096])
-    p.add_argument("--dims", type=int, nargs="+", default=[128, 2048, 8192], help="Barlow Twins' embedding sizes")
-    p.add_argument("--other-dim", type=int, default=128, help="embedding size of the other losses")
-    p.add_argument("--device", default=None)
-    p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--full", action="store_true", help="also the largest cells on CPU")
-    p.add_argument("--no-memory", action="store_true", help="skip the peak-memory runs")
-    p.add_argument("--no-lightly", action="store_true", help="formula references even where lightly is installed")
-    p.add_argument("--json", default=None, help="also write the rows to this JSON file")
-
-
-def run_from_args(args: argparse.Namespace) -> List[Dict[str, Any]]:
-    rows = run_loss_bench(args.losses, args.batch_sizes, args.dims, args.other_dim, args.device, args.repeats,
-                          args.full, not args.no_memory, not args.no_lightly)
-    from rich.console import Console
-
-    console = Console() if Console().is_terminal else Console(width=160)
-    console.print(format_table(rows))
-    if args.json:
-        atomic_write_text(args.json, json.dumps(rows, indent=2))
-    return rows
-
-
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    p = argparse.ArgumentParser(prog="avssl bench losses", description=__doc__.splitlines()[0])
-    add_arguments(p)
-    run_from_args(p.parse_args(argv))
-    return 0
+    def table(self, rows: Sequence[Dict[str, Any]]) -> Table:
+        r0 = rows[0] if rows else {}
+        cells = []
+        for r in rows:
+            ratio = None if not r.get("ref_ms") else r["ours_ms"] / r["ref_ms"]
+            same = r["note"] or ("yes" if r["agree"] else f"no ({r['ours_value']:.6g} vs {r['ref_value']:.6g})")
+            cells.append([r["loss"], str(r["batch"]), str(r["dim"]), fmt(r["ours_ms"], ".2f"), fmt(r["ref_ms"], ".2f"),
+                          fmt(ratio, ".2f", "×"), fmt(r["ours_mib"], ".1f"), fmt(r["ref_mib"], ".1f"),
+                          r["ref"] or "—", same])
+        columns = ["loss", "batch", "dim", "avssl ms", "reference ms", "ratio", "avssl MiB", "reference MiB",
+                   "reference", "same value"]
+        return Table(f"losses, forward + backward on {r0.get('device', '?')} (fp32; median of repeats)", columns, cells,
+                     align=["l" if c in ("loss", "reference") else "r" for c in columns])

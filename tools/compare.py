@@ -1,0 +1,8 @@
+#!/usr/bin/env python
+"""`python tools/compare.py ARGS` is `avssl compare ARGS`."""
+import sys
+
+from avssl.cli import main
+
+if __name__ == "__main__":
+    sys.exit(main(["compare", *sys.argv[1:]]))

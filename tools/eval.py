@@ -1,0 +1,8 @@
+#!/usr/bin/env python
+"""`python tools/eval.py ARGS` is `avssl eval ARGS`."""
+import sys
+
+from avssl.cli import main
+
+if __name__ == "__main__":
+    sys.exit(main(["eval", *sys.argv[1:]]))

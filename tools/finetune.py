@@ -1,0 +1,8 @@
+#!/usr/bin/env python
+"""`python tools/finetune.py ARGS` is `avssl finetune ARGS`."""
+import sys
+
+from avssl.cli import main
+
+if __name__ == "__main__":
+    sys.exit(main(["finetune", *sys.argv[1:]]))

@@ -1,0 +1,8 @@
+#!/usr/bin/env python
+"""`python tools/pretrain.py ARGS` is `avssl pretrain ARGS`."""
+import sys
+
+from avssl.cli import main
+
+if __name__ == "__main__":
+    sys.exit(main(["pretrain", *sys.argv[1:]]))
