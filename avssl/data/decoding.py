@@ -632,6 +632,27 @@ def resolve_backend(backend: str = "auto", strict: bool = True) -> str:
     return "pyav"
 
 
+def decoders() -> Dict[str, Any]:
+    """What decodes here: ``{"video_backend": the backend "auto" reads with, "decord": its version or
+    None, "pyav": PyAV's version, "ffmpeg": the FFmpeg release PyAV is built on (or None), "ffmpeg_libraries":
+    {library: "major.minor.micro"}}``."""
+    import av
+
+    try:
+        import decord
+
+        decord_version: Optional[str] = str(decord.__version__)
+    except Exception:  # noqa: BLE001 - not installed, or its library does not load
+        decord_version = None
+    return {
+        "video_backend": resolve_backend("auto"),
+        "decord": decord_version,
+        "pyav": str(av.__version__),
+        "ffmpeg": getattr(av, "ffmpeg_version_info", None),
+        "ffmpeg_libraries": {k: ".".join(map(str, v)) for k, v in sorted(av.library_versions.items())},
+    }
+
+
 class MediaReader:
     """A video file (and the audio file extracted from it, if any), each opened once and read many times.
 
@@ -870,5 +891,5 @@ def is_decodable(path: str | os.PathLike) -> bool:
 
 __all__: Sequence[str] = [
     "DecodeError", "BackendUnavailable", "Clip", "Geometry", "MediaReader", "probe", "geometry_info", "read_clip",
-    "read_audio", "clamp_window", "sample_times", "window_times", "resolve_backend", "decord_available",
+    "read_audio", "clamp_window", "sample_times", "window_times", "resolve_backend", "decord_available", "decoders",
 ]
