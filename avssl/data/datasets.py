@@ -15,7 +15,12 @@ The rows are held in columns (:class:`~avssl.data.manifest_table.ManifestTable`)
 share with the main process without copying. Each item opens its video once for all its views and their
 sound (:class:`~avssl.data.decoding.MediaReader`), and reads the sound from the audio file ``avssl prep``
 extracted (the row's ``audio_path``) when there is one. Each process keeps a bounded cache of probe results
-and of the last few open readers.
+(persistent loader workers keep theirs across epochs).
+
+Readers are closed at the end of their item, not kept for the next one: decord decodes a window no faster
+from a reader it has used (measured: about 10 % slower than from a new one), and a PyAV decoder left open
+has threads, which a loader worker forked later inherits without them: freeing such a decoder in the worker
+(its garbage collector may) waits for them forever.
 """
 from __future__ import annotations
 
@@ -136,7 +141,7 @@ class _FailureLog:
 
 
 class _LRU:
-    """At most ``size`` entries; the least recently used goes first, and is closed when it has ``close``."""
+    """At most ``size`` entries; the least recently used goes first."""
 
     def __init__(self, size: int) -> None:
         self.size = max(0, int(size))
@@ -149,36 +154,12 @@ class _LRU:
         return value
 
     def put(self, key: Hashable, value: Any) -> None:
-        """Keep ``value`` (closing it at once when the cache holds nothing)."""
         if self.size == 0:
-            _close(value)
             return
         self.items[key] = value
         self.items.move_to_end(key)
         while len(self.items) > self.size:
-            _close(self.items.popitem(last=False)[1])
-
-    def pop(self, key: Hashable) -> Any:
-        return self.items.pop(key, None)
-
-    def clear(self) -> None:
-        while self.items:
-            _close(self.items.popitem()[1])
-
-
-def _close(value: Any) -> None:
-    if hasattr(value, "close"):
-        value.close()
-
-
-class _ProcessCache:
-    """What one process keeps between items: probe results and open readers (bounded), tagged with the
-    process, because loader workers inherit the dataset — and this — from the process that forked them."""
-
-    def __init__(self, probes: int, readers: int) -> None:
-        self.pid = os.getpid()
-        self.probes = _LRU(probes)
-        self.readers = _LRU(readers)
+            self.items.popitem(last=False)
 
 
 class VideoDataset(Dataset):
@@ -212,11 +193,8 @@ class VideoDataset(Dataset):
             installed) or ``"pyav"``.
         seed: seeds the per-item random draws (with the item index and an epoch set by
             :meth:`set_epoch`), so runs are reproducible whatever the number of workers.
-        open_files: open files each process keeps between items (items of one file in a row, e.g.
-            windows of an untrimmed video, then open it once); 0 closes each after its item. Files decord
-            reads are always closed after their item (a used decord reader is no faster than a new one).
         probe_cache: probe results each process keeps (videos not prepared by ``avssl prep``, whose
-            rows do not carry them).
+            rows do not carry them); the least recently used go first.
 
     Sound comes from the row's ``audio_path`` (the WAV ``avssl prep`` extracted) when it has one, and
     from the video's own track otherwise (or when that file is missing, with a warning).
@@ -244,7 +222,6 @@ class VideoDataset(Dataset):
         min_failures_before_stop: int = 5,
         backend: str = "auto",
         seed: int = 0,
-        open_files: int = 2,
         probe_cache: int = 4096,
     ) -> None:
         if sampling not in ("random", "uniform"):
@@ -282,13 +259,10 @@ class VideoDataset(Dataset):
         self.backend = resolve_backend(backend)
         self.seed = seed
         self.epoch = 0
-        self.open_files = int(open_files)
-        self.probe_cache = int(probe_cache)
         self._failures = _FailureLog()
         self._bad: set[int] = set()
         self._no_audio_file: set[int] = set()
-        self._cache: Optional[_ProcessCache] = None
-        self._inherited: List[_ProcessCache] = []
+        self._probes = _LRU(probe_cache)
         self.classes = [c for c in rows.distinct("label") if c]
 
     # -- bookkeeping ---------------------------------------------------------------------------
@@ -309,20 +283,10 @@ class VideoDataset(Dataset):
         return self.rows.column("label_index").tolist()
 
     def __getstate__(self) -> Dict[str, Any]:
-        # Open readers and cached probes belong to the process that made them.
+        # Probe results stay with the process that made them (a pickled dataset stays small).
         state = self.__dict__.copy()
-        state["_cache"], state["_inherited"] = None, []
+        state["_probes"] = _LRU(self._probes.size)
         return state
-
-    def _process_cache(self) -> _ProcessCache:
-        cache = self._cache
-        if cache is None or cache.pid != os.getpid():
-            if cache is not None:
-                # Forked from the process that opened these readers: their decoder threads do not exist
-                # here, so they are never used or closed here (closing could wait on those threads).
-                self._inherited.append(cache)
-            cache = self._cache = _ProcessCache(self.probe_cache, self.open_files)
-        return cache
 
     def _generator(self, index: int, attempt: int) -> torch.Generator:
         g = torch.Generator()
@@ -342,7 +306,7 @@ class VideoDataset(Dataset):
                 return info
         else:
             info = None
-        probes = self._process_cache().probes
+        probes = self._probes
         cached = probes.get(index)
         if cached is None:
             # A source indexed in place: how its frames turn upright, and whether decord may open it,
@@ -352,7 +316,7 @@ class VideoDataset(Dataset):
         return cached
 
     def _reader(self, index: int, row: ManifestRow, info: Dict[str, Any], origin: float) -> MediaReader:
-        """The open reader of this row's files (cached per process), opened on first use."""
+        """A reader of this row's video and of its audio file, when it has one."""
         audio_path = row.audio_path if self.audio else None
         if audio_path is not None and not os.path.isfile(audio_path):
             if index not in self._no_audio_file:
@@ -360,21 +324,7 @@ class VideoDataset(Dataset):
                 log.warning("audio file %s of %s is missing; reading the video's own audio track", audio_path,
                             row.path)
             audio_path = None
-        key = (row.path, audio_path, origin)
-        reader = self._process_cache().readers.pop(key)
-        if reader is None:
-            reader = MediaReader(row.path, info=info, backend=self.backend, audio_path=audio_path,
-                                 audio_origin=origin)
-        return reader
-
-    def _release(self, reader: MediaReader, ok: bool) -> None:
-        """Back into the cache after a good read; closed after a failed one, and when decord reads it:
-        decord decodes a window no faster from a reader it has used before (measured: about 10 % slower
-        than from a new one), while a PyAV container kept open saves probing the file's streams again."""
-        if ok and not reader.uses_decord:
-            self._process_cache().readers.put((reader.path, reader.audio_path, reader.audio_origin), reader)
-        else:
-            reader.close()
+        return MediaReader(row.path, info=info, backend=self.backend, audio_path=audio_path, audio_origin=origin)
 
     # -- items ---------------------------------------------------------------------------------
     def __getitem__(self, index: int) -> Dict[str, Any]:
@@ -425,15 +375,10 @@ class VideoDataset(Dataset):
         has_audio = bool(info.get("has_audio")) and self.audio
         windows = [window_times(s + offset, self.clip_duration, self.num_frames, total)
                    for s in self._window_starts(duration, g)]
-        reader = self._reader(index, row, info, offset)
-        ok = False
-        try:
+        with self._reader(index, row, info, offset) as reader:
             # Every view's frames in one read: each frame is decoded once, in order.
             frames, _ = reader.frames(np.concatenate([times for _, _, times in windows]))
             item = self._views(reader, windows, frames, offset, duration, has_audio, g)
-            ok = True
-        finally:
-            self._release(reader, ok)
         item["label"] = int(row.label_index if row.label_index is not None else -1)
         return item
 

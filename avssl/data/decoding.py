@@ -529,7 +529,12 @@ def _place(wave: np.ndarray, first: int, num: int) -> np.ndarray:
 
 def _read_audio_pyav(container, path: str, start: float, duration: float, rate: int) -> Optional[np.ndarray]:
     """``[start, start + duration)`` (container time) of the first audio track of an open container,
-    mono at ``rate``: float32 of round(duration·rate) samples, or None without an audio track."""
+    mono at ``rate``: float32 of round(duration·rate) samples, or None without an audio track.
+
+    The down-mix is FFmpeg's to 16-bit mono, the one ``avssl prep`` writes its WAV files with: normalised so
+    that it never clips (stereo: the mean of the two channels). The sound of a prepared corpus is then the
+    same whether it is read from the WAV or from the video's track.
+    """
     import av
 
     if not container.streams.audio:
@@ -538,7 +543,7 @@ def _read_audio_pyav(container, path: str, start: float, duration: float, rate: 
     st = container.streams.audio[0]
     tb = float(st.time_base) if st.time_base else 1.0 / rate
     stream_start = float(st.start_time * st.time_base) if st.start_time is not None else 0.0
-    resampler = av.AudioResampler(format="flt", layout="mono", rate=rate)
+    resampler = av.AudioResampler(format="s16", layout="mono", rate=rate)
     try:
         container.seek(max(0, int((start - 0.1) / tb)), stream=st, backward=True)
     except av.error.FFmpegError:
@@ -561,9 +566,9 @@ def _read_audio_pyav(container, path: str, start: float, duration: float, rate: 
         if not chunks:
             raise DecodeError(path, f"corrupt audio data ({type(e).__name__}: {e})") from None
         log.warning("%s: audio decoding stopped early (%s)", path, e)
-    wave = np.concatenate(chunks) if chunks else np.zeros(0, np.float32)
+    wave = np.concatenate(chunks).astype(np.float32) / 32768.0 if chunks else np.zeros(0, np.float32)
     first_time = stream_start if first_time is None else first_time
-    return np.clip(_place(wave, int(round((start - first_time) * rate)), num), -1.0, 1.0)
+    return _place(wave, int(round((start - first_time) * rate)), num)
 
 
 #: PCM sample widths (bytes) read straight from a WAV file, and their numpy types.
@@ -704,11 +709,6 @@ class MediaReader:
         self._container = None
         self._audio_file: Any = None  # a wave reader, or a PyAV container for other audio files
         self._closed = False
-
-    @property
-    def uses_decord(self) -> bool:
-        """Whether decord reads this file's frames (it may still fall back to PyAV on a read error)."""
-        return self._use_decord
 
     # -- frames ---------------------------------------------------------------------------------
     def frames(self, times: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
