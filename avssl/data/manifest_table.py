@@ -235,6 +235,47 @@ def _numeric(col: str, values: Sequence[Any]) -> np.ndarray:
     return np.fromiter((missing if v is None else v for v in values), np.int32, len(values))
 
 
+class _Numbers:
+    """A number column: its values, or (when few are distinct) codes into a table of the distinct values.
+
+    Distinct means distinct bits, so ``-0.0`` and ``0.0`` stay apart and every value reads back exactly.
+    """
+
+    __slots__ = ("values", "codes")
+
+    def __init__(self, values: np.ndarray, codes: Optional[np.ndarray] = None) -> None:
+        self.values, self.codes = values, codes
+
+    @classmethod
+    def of(cls, array: np.ndarray) -> "_Numbers":
+        """``array``, coded when that is smaller (up to 65536 distinct values)."""
+        n = len(array)
+        if array.itemsize == 1 or n < 256:
+            return cls(array)
+        bits = array.view(np.int64 if array.itemsize == 8 else np.int32)
+        # The distinct values of a sample usually are all of them (frame rates, sizes, flags, rates).
+        table = np.unique(bits[:: max(1, n // 4096)])
+        codes = np.minimum(np.searchsorted(table, bits), len(table) - 1)
+        if not np.array_equal(table[codes], bits):
+            table, codes = np.unique(bits, return_inverse=True)
+        if len(table) > 65536 or len(table) * array.itemsize >= n * (array.itemsize - 2):
+            return cls(array)
+        return cls(table.view(array.dtype), _small(codes.ravel(), len(table)))
+
+    def __getitem__(self, i: int) -> Any:
+        return self.values[i] if self.codes is None else self.values[self.codes[i]]
+
+    def take(self, idx: np.ndarray) -> "_Numbers":
+        return _Numbers(self.values[idx]) if self.codes is None else _Numbers(self.values, self.codes[idx])
+
+    def array(self) -> np.ndarray:
+        return self.values if self.codes is None else self.values[self.codes]
+
+    @property
+    def nbytes(self) -> int:
+        return self.values.nbytes + (0 if self.codes is None else self.codes.nbytes)
+
+
 class ManifestTable(_SequenceABC):
     """The rows of a manifest, column by column (see the module's docstring).
 
@@ -243,10 +284,10 @@ class ManifestTable(_SequenceABC):
     :meth:`from_rows` or :meth:`read_csv`.
     """
 
-    def __init__(self, size: int, numbers: Dict[str, np.ndarray], strings: Dict[str, _Interned],
+    def __init__(self, size: int, numbers: Dict[str, Union[np.ndarray, _Numbers]], strings: Dict[str, _Interned],
                  paths: Dict[str, _PathColumn], names: _Names) -> None:
         self._size = int(size)
-        self._numbers = numbers
+        self._numbers = {c: v if isinstance(v, _Numbers) else _Numbers.of(v) for c, v in numbers.items()}
         self._strings = strings
         self._paths = paths
         self._names = names
@@ -345,7 +386,7 @@ class ManifestTable(_SequenceABC):
             if id(col.stems) not in stems_seen:
                 stems_seen[id(col.stems)] = col.stems[idx]
             paths[c] = _PathColumn(col.dirs.take(idx), stems_seen[id(col.stems)], col.exts.take(idx))
-        return ManifestTable(len(idx), {c: v[idx] for c, v in self._numbers.items()},
+        return ManifestTable(len(idx), {c: v.take(idx) for c, v in self._numbers.items()},
                              {c: v.take(idx) for c, v in self._strings.items()}, paths, self._names)
 
     def to_rows(self) -> List[ManifestRow]:
@@ -356,7 +397,7 @@ class ManifestTable(_SequenceABC):
         """Column ``name`` for every row: the typed array of a number column (missing values marked as in
         the module's docstring), or an object array of ``str``/None for the others."""
         if name in self._numbers:
-            return self._numbers[name]
+            return self._numbers[name].array()
         if name in self._strings:
             s = self._strings[name]
             return np.array(s.values, dtype=object)[s.codes] if s.values else np.empty(0, object)
@@ -380,8 +421,10 @@ class ManifestTable(_SequenceABC):
     @property
     def nbytes(self) -> int:
         """Bytes held by the columns (numpy buffers and the distinct strings)."""
+        arrays = {id(p.stems): p.stems.nbytes for p in self._paths.values()}  # shared stem arrays count once
         return (sum(v.nbytes for v in self._numbers.values()) + sum(v.nbytes for v in self._strings.values())
-                + sum(v.nbytes for c, v in self._paths.items()) + self._names.nbytes)
+                + sum(p.dirs.nbytes + p.exts.nbytes for p in self._paths.values()) + sum(arrays.values())
+                + self._names.nbytes)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -423,6 +466,8 @@ def _read_with_csv_module(path: str, base: str) -> Tuple[ManifestTable, List[str
                 raise ManifestError(path, line, f"expected {len(header)} fields (as in the header), found {len(cells)}")
             for i, h in known:
                 value = _parse_cell(h, cells[i], path, line)
+                if h in _INT_COLUMNS and value is not None and abs(value) >= _INT_LIMIT:
+                    raise ManifestError(path, line, f"column {h!r}: {cells[i].strip()!r} is out of range")
                 if h in _PATH_COLUMNS and value:
                     value = os.path.normpath(os.path.join(base, str(value)))
                 columns[h].append(value)
