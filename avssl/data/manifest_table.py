@@ -23,13 +23,13 @@ module with the same rules and errors as :func:`~avssl.data.manifest.read_manife
 from __future__ import annotations
 
 import csv
+import ctypes
 import math
 import os
 from collections.abc import Sequence as _SequenceABC
 from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
-from numpy.lib.stride_tricks import sliding_window_view
 
 from avssl.data.manifest import (
     COLUMNS,
@@ -324,6 +324,7 @@ class ManifestTable(_SequenceABC):
             table, header = _read_with_csv_module(path, base)
         if "label_index" not in header and "label" in header:
             table = table._with_sorted_label_indices(path)
+        _return_free_memory()
         return table
 
     def _with_sorted_label_indices(self, where: str) -> "ManifestTable":
@@ -427,6 +428,15 @@ class ManifestTable(_SequenceABC):
                 + self._names.nbytes)
 
 
+def _return_free_memory() -> None:
+    """Hand the heap pages freed by reading back to the system: glibc keeps them otherwise, and every loader
+    worker forked later would start with the reader's temporary buffers counted in its memory."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: nothing to do
+        pass
+
+
 # ---------------------------------------------------------------------------------------------------
 # reading CSV with the csv module (any file read_manifest reads)
 # ---------------------------------------------------------------------------------------------------
@@ -488,12 +498,16 @@ class _Irregular(Exception):
 
 def _matrix(buf: np.ndarray, starts: np.ndarray, lengths: np.ndarray, pad: bool = True) -> np.ndarray:
     """Fields ``buf[starts[i]:starts[i] + lengths[i]]`` as the rows of an n×L uint8 matrix, L a multiple of 8,
-    zero-padded (with ``pad=False`` the bytes after a field are whatever follows it). ``buf`` must extend
-    at least L bytes past every start."""
+    zero-padded (with ``pad=False`` the bytes after a field are whatever follows it). ``buf`` (contiguous)
+    must extend at least L bytes past every start."""
     width = -(-max(1, int(lengths.max()) if len(lengths) else 1) // 8) * 8
-    m = sliding_window_view(buf, width)[starts]
+    # Every L-byte window of the buffer as one item: indexing copies whole items, the quickest gather.
+    windows = np.ndarray(shape=(len(buf) - width + 1,), dtype=f"V{width}", buffer=buf, strides=(1,))
+    m = windows[starts].view(np.uint8).reshape(len(starts), width)
     if pad:
-        m *= np.arange(width) < lengths[:, None]
+        # Row k of the table keeps the first k bytes: gathering rows is quicker than comparing n×L positions.
+        keep = (np.arange(width)[None, :] < np.arange(width + 1)[:, None]).view(np.uint8)
+        np.multiply(m, np.take(keep, lengths, axis=0), out=m)
     return m
 
 
@@ -514,8 +528,15 @@ def _unique(m: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
     h = np.full(len(m), 0xCBF29CE484222325, np.uint64)
     for j in range(words.shape[1]):
         h = (h ^ words[:, j]) * np.uint64(0x100000001B3)
-    _, first, inverse = np.unique(h, return_index=True, return_inverse=True)
-    inverse = inverse.ravel()
+    head = np.ones(len(h), bool)
+    head[1:] = h[1:] != h[:-1]
+    heads = np.flatnonzero(head)
+    if len(heads) * 4 <= len(h):  # runs of one value (a sorted manifest's folders, labels, frame rates)
+        _, first, inverse = np.unique(h[heads], return_index=True, return_inverse=True)
+        first, inverse = heads[first], inverse.ravel()[np.cumsum(head) - 1]
+    else:
+        _, first, inverse = np.unique(h, return_index=True, return_inverse=True)
+        inverse = inverse.ravel()
     uniq = strings[first]
     if not np.array_equal(uniq[inverse], strings):
         uniq, inverse = np.unique(strings, return_inverse=True)
@@ -564,7 +585,9 @@ class _BlockReader:
         self.ncol = len(header)
         self.index = {h: i for i, h in enumerate(header) if h in COLUMNS}
         self.rows = 0  # rows converted so far
-        self.numbers: Dict[str, List[np.ndarray]] = {c: [] for c in _DTYPES if c in self.index}
+        self.numbers: Dict[str, List[Tuple[str, np.ndarray]]] = {c: [] for c in _DTYPES if c in self.index}
+        # Per number column: its distinct values so far (by bits) -> code, and the values in code order.
+        self.distinct: Dict[str, Tuple[Dict[bytes, int], List[Any]]] = {c: ({}, []) for c in self.numbers}
         self.strings = {c: _Interner() for c in _STR_COLUMNS if c in self.index}
         self.pool = _NamePool()
         self.dirs = {c: _Interner() for c in _PATH_COLUMNS if c in self.index}
@@ -636,7 +659,9 @@ class _BlockReader:
             raise ManifestError(self.path, self._line(k), f"column {col!r}: {text!r} is out of range")
         return int(v) if col in _BOOL_COLUMNS else v
 
-    def _number(self, col: str, buf: np.ndarray, s: np.ndarray, n: np.ndarray) -> np.ndarray:
+    def _number(self, col: str, buf: np.ndarray, s: np.ndarray, n: np.ndarray) -> Tuple[str, np.ndarray]:
+        """The block's cells: ``("codes", codes into the column's distinct values)`` when they are few,
+        else ``("values", array)``."""
         m = _matrix(buf, s, n)
         uniq, inverse = _unique(m)
         if len(uniq) * 8 <= len(n) or col in _BOOL_COLUMNS:
@@ -644,7 +669,16 @@ class _BlockReader:
             first = np.empty(len(uniq), np.int64)
             first[inverse[::-1]] = np.arange(len(n) - 1, -1, -1)
             table = np.array([self._cell(col, u, int(k)) for u, k in zip(uniq, first)], _DTYPES[col])
-            return table[inverse]
+            index, values = self.distinct[col]
+            codes = np.empty(len(table), np.int64)
+            for k, v in enumerate(table):
+                key = v.tobytes()  # by bits: -0.0 and 0.0 stay apart
+                code = index.get(key)
+                if code is None:
+                    code = index[key] = len(values)
+                    values.append(v)
+                codes[k] = code
+            return "codes", codes.astype(np.int32)[inverse]
         integer = col in _INT_COLUMNS
         values, parsed = _decimals(m, n, integer=integer)
         empty = n == 0
@@ -657,7 +691,7 @@ class _BlockReader:
         out = np.where(empty, _MISSING[col], values).astype(_DTYPES[col])
         for k in np.flatnonzero(~empty & ~parsed):  # other spellings: Python's rules, and its errors
             out[k] = self._cell(col, bytes(m[k, : n[k]]), int(k))
-        return out
+        return "values", out
 
     def _resolve(self, folder: bytes) -> str:
         got = self.resolved.get(folder)
@@ -712,10 +746,16 @@ class _BlockReader:
 
     def finish(self) -> ManifestTable:
         size = self.rows
-        numbers = {}
+        numbers: Dict[str, Union[np.ndarray, _Numbers]] = {}
         for col, dtype in _DTYPES.items():
             if col in self.numbers:
-                numbers[col] = np.concatenate(self.numbers[col]) if self.numbers[col] else np.zeros(0, dtype)
+                parts, values = self.numbers[col], np.array(self.distinct[col][1], dtype)
+                if all(kind == "codes" for kind, _ in parts) and len(values) <= 65536:
+                    codes = np.concatenate([p for _, p in parts]) if parts else np.zeros(0, np.int64)
+                    numbers[col] = _Numbers(values, _small(codes, len(values)))
+                else:
+                    # Many distinct values (durations): plain, as they came.
+                    numbers[col] = _Numbers(np.concatenate([values[p] if kind == "codes" else p for kind, p in parts]))
             else:
                 default = ManifestRow(path="").to_dict()[col]
                 numbers[col] = _numeric(col, [default]) .repeat(size)
