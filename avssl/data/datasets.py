@@ -28,7 +28,7 @@ import logging
 import os
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, Hashable, List, Optional, Sequence, Union
+from typing import Any, Callable, Dict, Hashable, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -362,9 +362,15 @@ class VideoDataset(Dataset):
             return list(sampling.uniform_clips(duration, self.clip_duration, self.num_clips))
         return [float(sampling.random_clip(duration, self.clip_duration, g)) for _ in range(self.num_clips)]
 
-    def _load(self, index: int, g: torch.Generator) -> Dict[str, Any]:
+    def clip_windows(self, index: int) -> List[Tuple[float, float, np.ndarray]]:
+        """The windows item ``index`` reads at the current epoch (when its file decodes): one
+        ``(start, duration, frame sample times)`` per view, in seconds of the file (from its first frame)."""
         row = self.rows[index]
-        info = self._probe(index, row)
+        return self._windows(row, self._probe(index, row), self._generator(index, 0))[0]
+
+    def _windows(self, row: ManifestRow, info: Dict[str, Any], g: torch.Generator) -> Tuple[List[Any], float, float]:
+        """``(windows, offset, duration)``: each view's ``(start, duration, times)``, drawn from ``g``, inside the
+        part of the file the row stands for, which starts at ``offset`` and lasts ``duration`` seconds."""
         # A row may stand for a window of an untrimmed file (Kinetics CSV times); clips stay inside it.
         w_start, w_end = row.window_in_path()
         offset = float(w_start or 0.0)
@@ -372,9 +378,15 @@ class VideoDataset(Dataset):
         duration = total - offset
         if w_end is not None:
             duration = min(duration, float(w_end) - offset)
-        has_audio = bool(info.get("has_audio")) and self.audio
         windows = [window_times(s + offset, self.clip_duration, self.num_frames, total)
                    for s in self._window_starts(duration, g)]
+        return windows, offset, duration
+
+    def _load(self, index: int, g: torch.Generator) -> Dict[str, Any]:
+        row = self.rows[index]
+        info = self._probe(index, row)
+        windows, offset, duration = self._windows(row, info, g)
+        has_audio = bool(info.get("has_audio")) and self.audio
         with self._reader(index, row, info, offset) as reader:
             # Every view's frames in one read: each frame is decoded once, in order.
             frames, _ = reader.frames(np.concatenate([times for _, _, times in windows]))
