@@ -190,17 +190,30 @@ def _reference_dataset(rows: Sequence[Any]):
     )
 
 
-def _time_loader(dataset: Any, workers: int, n_clips: int, batch_size: int = 4) -> float:
+def _cpu_seconds(pids: Sequence[int]) -> float:
+    """CPU time (user + system) used so far by the processes ``pids``."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    for pid in pids:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        total += (int(fields[11]) + int(fields[12])) / tick
+    return total
+
+
+def _time_loader(dataset: Any, workers: int, n_clips: int, batch_size: int = 4) -> Dict[str, float]:
     """Clips/s over ``n_clips`` clips in a shuffled (seeded) order, after a first batch that absorbs start-up
-    (worker fork, codec init)."""
+    (worker fork, codec init), and the CPU seconds per clip of the loading processes (the main one and its
+    workers): unlike clips/s, that does not change when other programs share the machine."""
     iterable = isinstance(dataset, torch.utils.data.IterableDataset)
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers, shuffle=not iterable,
                         generator=None if iterable else torch.Generator().manual_seed(0),
                         persistent_workers=workers > 0)
     it = iter(loader)
     next(it)
+    pids = [os.getpid()] + [w.pid for w in getattr(it, "_workers", [])]
     seen = 0
-    t0 = time.perf_counter()
+    cpu0, t0 = _cpu_seconds(pids), time.perf_counter()
     while seen < n_clips:
         try:
             batch = next(it)
@@ -208,9 +221,9 @@ def _time_loader(dataset: Any, workers: int, n_clips: int, batch_size: int = 4) 
             it = iter(loader)
             continue
         seen += batch["video"].shape[0]
-    elapsed = time.perf_counter() - t0
+    elapsed, cpu = time.perf_counter() - t0, _cpu_seconds(pids) - cpu0
     del it, loader
-    return seen / elapsed
+    return {"clips_per_s": seen / elapsed, "cpu_ms_per_clip": 1000.0 * cpu / seen}
 
 
 def measure(
@@ -243,13 +256,16 @@ def measure(
         if reference:
             pipelines["train"] = _training(source)
             pipelines["pytorchvideo"] = _reference_dataset(video.rows)
+        for dataset in pipelines.values():  # first reads (page cache, codec tables, imports) are not timed
+            _time_loader(dataset, 0, 8)
         results: List[Dict[str, Any]] = []
         for w in workers:
-            runs: Dict[str, List[float]] = {name: [] for name in pipelines}
+            runs: Dict[str, List[Dict[str, float]]] = {name: [] for name in pipelines}
             for _ in range(reps):
                 for name, dataset in pipelines.items():
                     runs[name].append(_time_loader(dataset, w, n_clips))
-            rate = {name: statistics.median(r) for name, r in runs.items()}
+            rate = {name: statistics.median(m["clips_per_s"] for m in r) for name, r in runs.items()}
+            cpu = {name: statistics.median(m["cpu_ms_per_clip"] for m in r) for name, r in runs.items()}
             floor = rate.get("floor")
             row: Dict[str, Any] = {
                 "mode": "clips", "workers": w, "videos": len(video), "clips": n_clips, "reps": reps,
@@ -260,11 +276,16 @@ def measure(
                 "video_vs_floor": round(rate["video"] / floor, 3) if floor else None,
                 "av_vs_video": round(rate["av"] / rate["video"], 3),
                 "av_vs_floor": round(rate["av"] / floor, 3) if floor else None,
+                **{f"{name}_cpu_ms_per_clip": round(ms, 2) for name, ms in cpu.items()},
+                # The same ratios by CPU time per clip (clips per CPU second).
+                "video_vs_floor_cpu": round(cpu["floor"] / cpu["video"], 3) if floor else None,
+                "av_vs_video_cpu": round(cpu["video"] / cpu["av"], 3),
             }
             if reference:
                 row.update(train_clips_per_s=round(rate["train"], 2),
                            pytorchvideo_clips_per_s=round(rate["pytorchvideo"], 2),
-                           ratio=round(rate["train"] / rate["pytorchvideo"], 2))
+                           ratio=round(rate["train"] / rate["pytorchvideo"], 2),
+                           ratio_cpu=round(cpu["pytorchvideo"] / cpu["train"], 2))
             results.append(row)
     return results
 
@@ -471,7 +492,21 @@ def _clips_table(rows: Sequence[Dict[str, Any]]) -> Table:
         caption="decoder floor: raw decord on the same frames; video / audio-visual: avssl's VideoDataset returning "
                 "the decoded frames (and 2 s of 16 kHz sound); training sample: avssl's augmented clip + log-mel, "
                 "against pytorchvideo's LabeledVideoDataset with the same transforms",
+        notes=[_cpu_note(r) for r in rows],
     )
+
+
+def _cpu_note(r: Dict[str, Any]) -> str:
+    """The row's ratios by CPU time per clip, which a busy machine does not move."""
+    parts = [f"{r['workers']} workers, CPU ms per clip:"]
+    for name, label in (("floor", "floor"), ("video", "video"), ("av", "audio-visual"), ("train", "training sample"),
+                        ("pytorchvideo", "pytorchvideo")):
+        if f"{name}_cpu_ms_per_clip" in r:
+            parts.append(f"{label} {r[f'{name}_cpu_ms_per_clip']:.1f}")
+    ratios = [f"video ÷ floor {_times(r['video_vs_floor_cpu'])}", f"AV ÷ video {_times(r['av_vs_video_cpu'])}"]
+    if "ratio_cpu" in r:
+        ratios.append(f"ratio {_times(r['ratio_cpu'])}")
+    return " ".join(parts[:1]) + " " + ", ".join(parts[1:]) + " (by CPU: " + ", ".join(ratios) + ")"
 
 
 def _rows_table(rows: Sequence[Dict[str, Any]]) -> Table:
