@@ -516,9 +516,10 @@ def _as_bytes(m: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(m).view(f"S{m.shape[1]}").ravel()
 
 
-def _unique(m: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+def _unique(m: np.ndarray, few: bool = False) -> Optional[Tuple[np.ndarray, np.ndarray]]:
     """The distinct rows of a padded field matrix (from :func:`_matrix`) as byte strings, and each row's
-    index among them: ``np.unique(_as_bytes(m), return_inverse=True)`` without sorting strings.
+    index among them: ``np.unique(_as_bytes(m), return_inverse=True)`` without sorting strings. With ``few``,
+    None when a sample shows that most rows differ (the caller then takes another way).
 
     Rows are hashed 8 bytes at a time and the hashes sorted; every row is then compared with the
     representative of its hash, so a collision only costs the slower exact way.
@@ -528,6 +529,10 @@ def _unique(m: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
     h = np.full(len(m), 0xCBF29CE484222325, np.uint64)
     for j in range(words.shape[1]):
         h = (h ^ words[:, j]) * np.uint64(0x100000001B3)
+    if few:
+        sample = h[:: max(1, len(h) // 2048)]
+        if len(np.unique(sample)) * 2 > len(sample):
+            return None
     head = np.ones(len(h), bool)
     head[1:] = h[1:] != h[:-1]
     heads = np.flatnonzero(head)
@@ -600,7 +605,7 @@ class _BlockReader:
         # One pass finds every byte below '0': delimiters, '/', '.', and what sends a file to the csv module.
         special = np.flatnonzero(c < 48)
         kind = c[special]
-        if np.isin(kind, (34, 13)).any():
+        if ((kind == 34) | (kind == 13)).any():
             raise _Irregular  # quoting, or CR line ends
         d = special[(kind == 44) | (kind == 10)]
         if len(d) % self.ncol:
@@ -616,7 +621,7 @@ class _BlockReader:
         lengths = ends - starts
         filled = lengths > 0
         edge = np.concatenate([c[starts[filled]], c[ends[filled] - 1]])
-        if np.isin(edge, (32, 9)).any() or not filled.any(1).all():
+        if ((edge == 32) | (edge == 9)).any() or not filled.any(1).all():
             raise _Irregular  # padded cells are stripped, all-empty lines skipped: the csv module does both
         buf = np.concatenate([c, np.zeros(int(lengths.max()) + 8, np.uint8)])
         self._slashes = special[kind == 47]
@@ -663,8 +668,9 @@ class _BlockReader:
         """The block's cells: ``("codes", codes into the column's distinct values)`` when they are few,
         else ``("values", array)``."""
         m = _matrix(buf, s, n)
-        uniq, inverse = _unique(m)
-        if len(uniq) * 8 <= len(n) or col in _BOOL_COLUMNS:
+        found = _unique(m, few=col not in _BOOL_COLUMNS)
+        if found is not None and (len(found[0]) * 8 <= len(n) or col in _BOOL_COLUMNS):
+            uniq, inverse = found
             # Few distinct spellings (frame rates, sizes, flags): convert each once.
             first = np.empty(len(uniq), np.int64)
             first[inverse[::-1]] = np.arange(len(n) - 1, -1, -1)
