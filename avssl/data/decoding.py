@@ -416,8 +416,10 @@ def _frames_at(times: np.ndarray, frame_starts: np.ndarray) -> np.ndarray:
 # -- opening files: every open of a media file goes through one of these three -----------------------
 def _open_decord(path: str, size: Tuple[int, int]):
     """A decord ``VideoReader`` scaling frames to ``size`` = (width, height); never for rotated files."""
-    import decord
-
+    try:
+        import decord
+    except Exception as e:  # noqa: BLE001 - its library may fail to load: PyAV reads the file instead
+        raise DecodeError(path, f"decord is not available ({e})") from None
     try:
         return decord.VideoReader(path, ctx=decord.cpu(0), num_threads=1, width=size[0], height=size[1])
     except Exception as e:  # noqa: BLE001 - decord raises its own DECORDError or RuntimeError
@@ -531,9 +533,10 @@ def _read_audio_pyav(container, path: str, start: float, duration: float, rate: 
     """``[start, start + duration)`` (container time) of the first audio track of an open container,
     mono at ``rate``: float32 of round(duration·rate) samples, or None without an audio track.
 
-    The down-mix is FFmpeg's to 16-bit mono, the one ``avssl prep`` writes its WAV files with: normalised so
-    that it never clips (stereo: the mean of the two channels). The sound of a prepared corpus is then the
-    same whether it is read from the WAV or from the video's track.
+    The down-mix is the one ``avssl prep`` writes its WAV files with: FFmpeg's to an integer format, normalised
+    so that it never clips (stereo: the mean of the two channels), here to 32 bits, whose steps (2⁻³¹) leave
+    even faint sound as it was. The sound of a prepared corpus is then the same whether it is read from the WAV
+    or from the video's track.
     """
     import av
 
@@ -543,7 +546,7 @@ def _read_audio_pyav(container, path: str, start: float, duration: float, rate: 
     st = container.streams.audio[0]
     tb = float(st.time_base) if st.time_base else 1.0 / rate
     stream_start = float(st.start_time * st.time_base) if st.start_time is not None else 0.0
-    resampler = av.AudioResampler(format="s16", layout="mono", rate=rate)
+    resampler = av.AudioResampler(format="s32", layout="mono", rate=rate)
     try:
         container.seek(max(0, int((start - 0.1) / tb)), stream=st, backward=True)
     except av.error.FFmpegError:
@@ -566,7 +569,7 @@ def _read_audio_pyav(container, path: str, start: float, duration: float, rate: 
         if not chunks:
             raise DecodeError(path, f"corrupt audio data ({type(e).__name__}: {e})") from None
         log.warning("%s: audio decoding stopped early (%s)", path, e)
-    wave = np.concatenate(chunks).astype(np.float32) / 32768.0 if chunks else np.zeros(0, np.float32)
+    wave = (np.concatenate(chunks) / 2.0**31).astype(np.float32) if chunks else np.zeros(0, np.float32)
     first_time = stream_start if first_time is None else first_time
     return _place(wave, int(round((start - first_time) * rate)), num)
 
