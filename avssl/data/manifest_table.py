@@ -1,12 +1,14 @@
 """Columnar manifests: a corpus's rows as typed numpy arrays, not one Python object per row.
 
-A list of :class:`~avssl.data.manifest.ManifestRow` costs about 600 bytes per row in every process, and
-loader workers forked from the main process copy those objects page by page as they touch their
-reference counts. A :class:`ManifestTable` holds each column as one numpy array instead (no Python
-object per row), so it is small, quick to build, and shared by forked workers without copies:
+A list of :class:`~avssl.data.manifest.ManifestRow` costs about 900 bytes per row in every process (1.6 GB
+for AudioSet's 1.8M rows), and loader workers forked from the main process copy those objects page by page
+as they touch their reference counts. A :class:`ManifestTable` holds each column as numpy arrays instead (no
+Python object per row), so it is small (tens of bytes a row), quick to build, and shared by forked workers
+without copies:
 
-* numbers are typed arrays (float64, int32, int8); a missing value is NaN, or ``MISSING_INT`` (−2³¹) for
-  the integer columns that may be missing, or −1 for ``has_audio``;
+* numbers are typed arrays (float64, int32, int8), or small codes into their distinct values where those
+  are few (frame rates, sizes); a missing value is NaN, or ``MISSING_INT`` (−2³¹) for the integer columns
+  that may be missing, or −1 for ``has_audio``;
 * ``label`` and ``split`` are small integer codes into their distinct values;
 * the three path columns are stored as folder + stem + extension: folders and extensions are codes into
   their distinct values, stems are ids into one offset-encoded byte pool the three columns share (a
