@@ -697,7 +697,15 @@ class _BlockReader:
                 raise ManifestError(self.path, self._line(k),
                                     f"column {col!r}: {bytes(m[k, : n[k]]).decode()!r} is out of range")
         out = np.where(empty, _MISSING[col], values).astype(_DTYPES[col])
-        for k in np.flatnonzero(~empty & ~parsed):  # other spellings: Python's rules, and its errors
+        rest = np.flatnonzero(~empty & ~parsed)
+        if len(rest) and col in _FLOAT_COLUMNS:
+            try:
+                # More digits or an exponent: numpy's conversion, which is Python's float() to the bit.
+                out[rest] = _as_bytes(m[rest]).astype(np.float64)
+                rest = rest[:0]
+            except ValueError:
+                pass  # a cell that is not a number: Python's rules name it, with its line
+        for k in rest:  # other spellings: Python's rules, and its errors
             out[k] = self._cell(col, bytes(m[k, : n[k]]), int(k))
         return "values", out
 
