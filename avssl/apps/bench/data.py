@@ -144,8 +144,9 @@ class DecoderFloor(Dataset):
         row = self.dataset.rows[index]
         times = np.concatenate([t for _, _, t in self.dataset.clip_windows(index)])
         reader = decord.VideoReader(row.path, ctx=decord.cpu(0), num_threads=1)
-        # A prepared video has a constant rate: the frame shown at t is floor(t·fps), as avssl picks it.
-        wanted = np.minimum((times * float(row.fps) + 1e-5).astype(np.int64), len(reader) - 1)
+        # At a constant rate the frame shown at t is floor(t·fps), as avssl picks it.
+        fps = float(row.fps or reader.get_avg_fps())
+        wanted = np.minimum((times * fps + 1e-5).astype(np.int64), len(reader) - 1)
         frames = reader.get_batch(sorted(set(wanted.tolist()))).asnumpy()
         del reader
         return {"video": torch.from_numpy(frames)}
@@ -490,8 +491,9 @@ def _clips_table(rows: Sequence[Dict[str, Any]]) -> Table:
               f"prepared videos, {r0['clips']} clips, median of {r0['reps']} runs ({r0['backend']})",
         columns=columns, rows=cells, align=["r"] * len(columns),
         caption="decoder floor: raw decord on the same frames; video / audio-visual: avssl's VideoDataset returning "
-                "the decoded frames (and 2 s of 16 kHz sound); training sample: avssl's augmented clip + log-mel, "
-                "against pytorchvideo's LabeledVideoDataset with the same transforms",
+                "the decoded frames (and 2 s of 16 kHz sound)" + (
+                    "; training sample: avssl's augmented clip + log-mel, against pytorchvideo's LabeledVideoDataset "
+                    "with the same transforms" if reference else ""),
         notes=[_cpu_note(r) for r in rows],
     )
 
