@@ -138,3 +138,16 @@ def resume_checkpoint(ckpt_dir: str) -> Optional[str]:
         raise CheckpointError(f"cannot resume the run in {ckpt_dir}: {'; '.join(failures)}. Start afresh with "
                               "--no-resume (the old files are set aside), or use another output_dir")
     return None
+
+
+def rename_keys(state_dict: Dict[str, Any], prefix: str, renames: Iterable[tuple]) -> None:
+    """Rename, in place, the keys of ``state_dict`` under ``prefix`` that start with an old name of
+    ``renames`` ((old, new) pairs, the first match wins), so checkpoints written before a module was renamed
+    still load strictly. Used from ``load_state_dict`` pre-hooks (which receive the module's ``prefix``)."""
+    renames = list(renames)
+    for key in [k for k in state_dict if k.startswith(prefix)]:
+        rest = key[len(prefix):]
+        for old, new in renames:
+            if rest.startswith(old) and prefix + new + rest[len(old):] not in state_dict:
+                state_dict[prefix + new + rest[len(old):]] = state_dict.pop(key)
+                break

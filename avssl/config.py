@@ -92,7 +92,7 @@ class DataConfig:
     frames_per_video: int = 4  # kind=image over a video manifest: frames taken from each video
     image_copies: int = 1  # digits_colour / digits_cluttered: renderings of each training digit
     positives_across_copies: bool = False  # ... and a training item's views come from different renderings
-    augment: Optional[str] = None  # image view recipe (simclr, byol, swav, ...); default: the method's name
+    augment: Optional[str] = None  # image view recipe (simclr, byol, swav, ...); default: the method's own
     augment_kwargs: Dict[str, Any] = field(default_factory=dict)  # e.g. {min_scale: 0.3}
 
 
@@ -243,6 +243,12 @@ def _aggregations() -> Sequence[str]:
     return AGGREGATION_MODES
 
 
+def _protocols() -> List[str]:
+    from avssl.eval.protocols import available_protocols
+
+    return available_protocols()
+
+
 def _accelerators() -> List[str]:
     from lightning.pytorch.accelerators import AcceleratorRegistry
 
@@ -320,7 +326,7 @@ CHECKS: Dict[str, Check] = {
     "trainer.limit_train_batches": NON_NEGATIVE,
     "trainer.limit_val_batches": NON_NEGATIVE,
     "trainer.checkpoint_every_n_steps": AT_LEAST_1,
-    "eval.protocols": Check(choices=("linear", "knn", "folds", "finetune", "retrieval"), each=True),
+    "eval.protocols": Check(choices=_protocols, each=True),
     "eval.modality": Check(choices=("video", "audio", "image")),
     "eval.knn_k": AT_LEAST_1,
     "eval.knn_temperature": POSITIVE,

@@ -14,7 +14,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 from conftest import tiny_overrides  # noqa: E402
 
 from avssl.config import load_config  # noqa: E402
-from avssl.runner import fit  # noqa: E402
+from avssl.engine import fit  # noqa: E402
 
 
 class FirstLoss(Callback):

@@ -8,8 +8,8 @@ import sys
 
 from lightning.pytorch.callbacks import Callback
 
-import avssl.engine
-from avssl.cli import main
+import avssl.engine.runs
+from avssl.apps.cli import main
 
 
 class SignalAtStep(Callback):
@@ -34,5 +34,5 @@ def _with_fault(build_trainer, fault: Callback):
 if __name__ == "__main__":
     step, name, argv = int(sys.argv[1]), sys.argv[2], sys.argv[3:]
     fault = SignalAtStep(step, signal.Signals[f"SIG{name}"])
-    avssl.engine.build_trainer = _with_fault(avssl.engine.build_trainer, fault)
+    avssl.engine.runs.build_trainer = _with_fault(avssl.engine.runs.build_trainer, fault)
     sys.exit(main(argv))

@@ -21,7 +21,7 @@ def test_kmeans_recovers_planted_clusters_and_is_deterministic():
 
 
 def test_pseudo_labels_are_computed_trained_on_checkpointed_and_restored(synth_corpus, tmp_path):
-    from avssl.runner import fit, load_method
+    from avssl.engine import fit, load_method
 
     cfg = load_config(overrides=tiny_overrides(synth_corpus, tmp_path, method="audio_clusters", **{
         "method.num_clusters": 3, "trainer.max_epochs": 2, "data.test_clips": 1}))

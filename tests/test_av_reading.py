@@ -394,7 +394,7 @@ def test_without_decord_a_config_asking_for_it_falls_back_with_one_warning(synth
 def test_env_report_names_the_backend_with_and_without_decord(monkeypatch, capsys):
     import json
 
-    from avssl.cli import main
+    from avssl.apps.cli import main
 
     assert main(["env", "--json"]) == 0
     report = json.loads(capsys.readouterr().out)

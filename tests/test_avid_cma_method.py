@@ -11,18 +11,9 @@ from avssl.checkpoint import load_checkpoint
 from avssl.config import build_config, load_config
 from avssl.losses.audiovisual import AVIDLoss, CMALoss
 from avssl.methods import build_method
-from avssl.runner import fit, load_method
+from avssl.engine import fit, load_method
 from conftest import tiny_overrides
-
-
-def _cfg(**method):
-    m = {"name": "avid_cma", "proj_hidden": 16, "proj_dim": 8, "num_negatives": 8}
-    m.update(method)
-    return build_config({
-        "method": m,
-        "model": {"video": {"name": "r3d_tiny", "kwargs": {"base_channels": 4}},
-                  "audio": {"name": "audio_conv_tiny", "kwargs": {"base_channels": 4}}},
-    })
+from tiny import tiny_config
 
 
 def _batch(b=4, views=None):
@@ -34,7 +25,7 @@ def _batch(b=4, views=None):
 
 def test_step_trains_both_encoders_and_momentum_updates_only_the_batch_rows():
     torch.manual_seed(0)
-    m = build_method("avid_cma", _cfg(num_data=16, momentum=0.5)).train()
+    m = build_method("avid_cma", tiny_config("avid_cma", num_data=16, momentum=0.5)).train()
     assert isinstance(m.criterion, AVIDLoss)
     batch = _batch()
     with torch.no_grad():
@@ -64,7 +55,7 @@ def test_step_trains_both_encoders_and_momentum_updates_only_the_batch_rows():
 
 def test_freeze_audio_encoder_keeps_weights_and_batchnorm_statistics():
     torch.manual_seed(0)
-    m = build_method("avid_cma", _cfg(num_data=16, freeze_audio_encoder=True)).train()
+    m = build_method("avid_cma", tiny_config("avid_cma", num_data=16, freeze_audio_encoder=True)).train()
     assert not m.audio_encoder.training and m.video_encoder.training and m.audio_head.training
     before = {k: v.clone() for k, v in m.audio_encoder.state_dict().items()}
     opt = torch.optim.SGD([p for p in m.parameters() if p.requires_grad], lr=0.5)
@@ -78,7 +69,7 @@ def test_freeze_audio_encoder_keeps_weights_and_batchnorm_statistics():
     assert all(p.grad is None for p in m.audio_encoder.parameters())
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in m.audio_head.parameters())
     # Without the key, lr_mult-style weight freezing alone lets train-mode BatchNorm refit its statistics.
-    m2 = build_method("avid_cma", _cfg(num_data=16)).train()
+    m2 = build_method("avid_cma", tiny_config("avid_cma", num_data=16)).train()
     m2.audio_encoder.requires_grad_(False)
     stats = {k: v.clone() for k, v in m2.audio_encoder.state_dict().items() if "running_mean" in k}
     m2.compute_loss(_batch())
@@ -87,7 +78,7 @@ def test_freeze_audio_encoder_keeps_weights_and_batchnorm_statistics():
 
 def test_views_share_their_clip_bank_row_and_cma_starts_as_cross_avid():
     torch.manual_seed(0)
-    m = build_method("avid_cma", _cfg(num_data=16, cma_start_epoch=0, cma_k=2, cma_num_positive_negatives=4)).train()
+    m = build_method("avid_cma", tiny_config("avid_cma", num_data=16, cma_start_epoch=0, cma_k=2, cma_num_positive_negatives=4)).train()
     assert isinstance(m.criterion, CMALoss) and not m.criterion.has_positives
     out = m.compute_loss(_batch(b=2, views=2))
     assert torch.isfinite(out["loss"]) and "wmodal" not in out  # no positive sets yet: Cross-AVID alone
@@ -97,18 +88,18 @@ def test_views_share_their_clip_bank_row_and_cma_starts_as_cross_avid():
 
 def test_config_errors_name_the_key():
     with pytest.raises(ValueError, match="method.variant"):
-        build_method("avid_cma", _cfg(variant="self", cma_start_epoch=1))
+        build_method("avid_cma", tiny_config("avid_cma", variant="self", cma_start_epoch=1))
     with pytest.raises(ValueError, match="cma_every_epochs"):
-        build_method("avid_cma", _cfg(cma_every_epochs=0))
+        build_method("avid_cma", tiny_config("avid_cma", cma_every_epochs=0))
     with pytest.raises(ValueError, match="method.bank_dtype"):
-        build_method("avid_cma", _cfg(bank_dtype="float16"))
-    m = build_method("avid_cma", _cfg())  # num_data None and no trainer: banks cannot be sized yet
+        build_method("avid_cma", tiny_config("avid_cma", bank_dtype="float16"))
+    m = build_method("avid_cma", tiny_config("avid_cma"))  # num_data None and no trainer: banks cannot be sized yet
     with pytest.raises(RuntimeError, match="method.num_data"):
         m.compute_loss(_batch())
 
 
 def test_bfloat16_banks_halve_the_memory_and_train():
-    m = build_method("avid_cma", _cfg(num_data=16, bank_dtype="bfloat16", cma_start_epoch=0, cma_k=2)).train()
+    m = build_method("avid_cma", tiny_config("avid_cma", num_data=16, bank_dtype="bfloat16", cma_start_epoch=0, cma_k=2)).train()
     for bank in (m.criterion.video_bank.weight, m.criterion.audio_bank.weight):
         assert bank.dtype == torch.bfloat16 and bank.shape == (16, 8)
     m.criterion.update_positives()
@@ -181,7 +172,7 @@ def _align_heads(batch_norm: bool, seed: int) -> float:
     video->audio nearest neighbours (another clip) of the same class."""
     torch.manual_seed(seed)
     n, k = 96, 6
-    m = build_method("avid_cma", _cfg(num_data=n, proj_hidden=32, proj_dim=16, num_negatives=32,
+    m = build_method("avid_cma", tiny_config("avid_cma", num_data=n, proj_hidden=32, proj_dim=16, num_negatives=32,
                                       proj_batch_norm=batch_norm)).train()
     g = torch.Generator().manual_seed(0)
     labels = torch.arange(n) % k
@@ -207,8 +198,8 @@ def _align_heads(batch_norm: bool, seed: int) -> float:
 
 
 def test_proj_batch_norm_puts_batchnorm_in_both_heads():
-    plain = build_method("avid_cma", _cfg(num_data=16))
-    bn = build_method("avid_cma", _cfg(num_data=16, proj_batch_norm=True, proj_last_bn=True))
+    plain = build_method("avid_cma", tiny_config("avid_cma", num_data=16))
+    bn = build_method("avid_cma", tiny_config("avid_cma", num_data=16, proj_batch_norm=True, proj_last_bn=True))
     for head in (plain.video_head, plain.audio_head):
         assert not any(isinstance(mod, torch.nn.BatchNorm1d) for mod in head.modules())
     for head in (bn.video_head, bn.audio_head):

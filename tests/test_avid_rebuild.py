@@ -10,7 +10,7 @@ from avssl.config import load_config
 from avssl.data.datamodule import make_dataset
 from avssl.methods import build_method
 from avssl.methods.avid_cma import dataset_fingerprint
-from avssl.runner import fit
+from avssl.engine import fit
 
 AVID = {"data.audio": True, "method.proj_hidden": 16, "method.proj_dim": 8, "method.num_negatives": 8,
         "data.test_clips": 1}
@@ -97,7 +97,7 @@ def test_cma_from_epoch_zero_on_a_rebuilt_bank(synth_corpus, tmp_path, avid_ckpt
 
 
 def test_checkpoints_without_a_fingerprint_still_load(avid_ckpt, tmp_path):
-    from avssl.runner import load_method
+    from avssl.engine import load_method
 
     state = load_checkpoint(avid_ckpt)
     del state["state_dict"]["bank_fingerprint"]

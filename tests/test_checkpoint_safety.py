@@ -11,7 +11,7 @@ import torch
 
 from avssl.checkpoint import CheckpointError, CheckpointNotFoundError, load_checkpoint
 from avssl.config import load_config
-from avssl.runner import fit
+from avssl.engine import fit
 from conftest import tiny_overrides
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -51,6 +51,7 @@ def _refusal(path) -> str:
             "with weights_only=True, reading tensors and plain values only")
 
 
+@pytest.mark.slow
 def test_every_cli_checkpoint_flag_refuses_a_checkpoint_that_runs_code(synth_corpus, tmp_path, malicious):
     evil, marker = malicious
     overrides = tiny_overrides(synth_corpus, tmp_path / "out")
@@ -61,7 +62,7 @@ def test_every_cli_checkpoint_flag_refuses_a_checkpoint_that_runs_code(synth_cor
         "cma-figure": ["cma-figure", CONFIG, *overrides, "--checkpoint", str(evil), "--out", str(tmp_path / "f.png")],
     }
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": ROOT, "COLUMNS": "1000"}
-    procs = {name: subprocess.Popen([sys.executable, "-m", "avssl.cli", *cmd], env=env, stdout=subprocess.PIPE,
+    procs = {name: subprocess.Popen([sys.executable, "-m", "avssl", *cmd], env=env, stdout=subprocess.PIPE,
                                     stderr=subprocess.STDOUT, text=True) for name, cmd in commands.items()}
     for name, proc in procs.items():
         text, _ = proc.communicate(timeout=300)

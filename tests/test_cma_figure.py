@@ -28,7 +28,8 @@ def test_figure_from_an_avid_cma_checkpoint(synth_corpus, tmp_path):
     from conftest import tiny_overrides
 
     from avssl.config import load_config
-    from avssl.runner import cma_figure, fit
+    from avssl.engine import fit
+    from avssl.eval.plots import cma_figure
 
     cfg = load_config(overrides=tiny_overrides(synth_corpus, tmp_path, method="avid_cma", **{
         "data.audio": True, "method.proj_hidden": 16, "method.proj_dim": 8, "method.num_negatives": 8}))
@@ -40,7 +41,7 @@ def test_figure_from_an_avid_cma_checkpoint(synth_corpus, tmp_path):
         assert 0 not in table[kind][0] and 7 not in table[kind][1]  # never the reference itself
 
     # The same from the command line, with the config the run saved.
-    from avssl.cli import main
+    from avssl.apps.cli import main
 
     out = tmp_path / "cli.png"
     assert main(["cma-figure", str(tmp_path / "config.yaml"), "--checkpoint", ckpt, "--refs", "2", "--k", "2",

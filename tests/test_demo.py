@@ -8,6 +8,7 @@ import pytest
 from avssl.apps.demo import DEMO_METHODS, run_demo
 
 
+@pytest.mark.slow
 def test_demo_trains_avid_cma_and_reports_audio_and_retrieval(tmp_path):
     out = tmp_path / "demo"
     rows = run_demo(out=str(out), classes=3, per_class=12, seconds=2.0, size=64, epochs=1, workers=1)

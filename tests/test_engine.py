@@ -131,7 +131,7 @@ def test_cli_logging_prints_each_trainer_message_once_and_drops_adverts():
     import sys
 
     code = (
-        "from avssl.cli import _setup_logging\n"
+        "from avssl.apps.cli import _setup_logging\n"
         "_setup_logging(False)\n"
         "import lightning\n"
         "from lightning.pytorch.utilities import rank_zero_info\n"

@@ -9,10 +9,10 @@ import pytest
 import torch
 import torch.nn as nn
 
-from avssl.cli import main
+from avssl.apps.cli import main
 from avssl.config import load_config
 from avssl.models import build_encoder, export_weights
-from avssl.runner import fit
+from avssl.engine import fit
 from conftest import tiny_overrides
 from modelcheck import randomise_bn  # noqa: E402
 

@@ -42,7 +42,7 @@ def test_atomic_writer_gives_the_mode_open_gives(umask, tmp_path):
 
 @pytest.mark.parametrize("umask", UMASKS, indirect=True, ids=oct)
 def test_command_outputs_follow_the_umask(umask, tmp_path):
-    from avssl.cli import main
+    from avssl.apps.cli import main
 
     raw, prepared, run = tmp_path / "raw", tmp_path / "prepared", tmp_path / "run"
     assert main(["synth", str(raw), "--classes", "2", "--per-class", "2", "--seconds", "1", "--size", "32",

@@ -36,7 +36,7 @@ def test_folds_protocol_on_audio_features_of_every_video(synth_corpus, tmp_path)
     from conftest import tiny_overrides
 
     from avssl.config import load_config
-    from avssl.runner import evaluate
+    from avssl.eval import evaluate
 
     cfg = load_config(overrides=tiny_overrides(synth_corpus, tmp_path, **{"eval.linear_epochs": 10}))
     (row,) = evaluate(cfg, None, protocols=("folds",), modality="audio", progress=False)

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from avssl.data import TooManyDecodeErrors
+from avssl.data.batch import split_views
 from avssl.data.image_transforms import (
     EvalImageTransform,
     MultiCropAugment,
@@ -36,7 +37,6 @@ from avssl.data.images import (
     VideoFramesDataset,
     collate_views,
     digits,
-    split_views,
 )
 
 IDENTITY = dict(mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
@@ -240,14 +240,14 @@ def test_tensor_dataset_items_seeding_and_batch_formats():
     batch = next(iter(DataLoader(two, batch_size=4)))
     assert batch["image"].shape == (4, 2, 3, 16, 16) and batch["label"].tolist() == [0, 1, 2, 3]
     assert torch.equal(batch["image"][2], a)
-    assert [tuple(v.shape) for v in split_views(batch["image"])] == [(4, 3, 16, 16)] * 2
+    assert [tuple(v.shape) for v in split_views(batch["image"], "image")] == [(4, 3, 16, 16)] * 2
     in_workers = next(iter(DataLoader(two, batch_size=4, num_workers=2)))
     assert torch.equal(in_workers["image"], batch["image"])  # same draws whatever the workers
 
     multi = TensorImageDataset(images, list(range(6)), transform=MultiCropAugment(16, 8, num_local=3))
     mb = next(iter(DataLoader(multi, batch_size=4)))
     assert isinstance(mb["image"], list) and [tuple(v.shape) for v in mb["image"]] == [(4, 3, 16, 16)] * 2 + [(4, 3, 8, 8)] * 3
-    assert split_views(mb["image"]) == mb["image"]
+    assert split_views(mb["image"], "image") == mb["image"]
     cb = collate_views([two[i] for i in range(3)])
     assert [tuple(v.shape) for v in cb["image"]] == [(3, 3, 16, 16)] * 2 and cb["index"].tolist() == [0, 1, 2]
     single = collate_views([plain[i] for i in range(3)])

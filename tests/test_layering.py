@@ -1,4 +1,4 @@
-"""The library never imports the application (``avssl.apps``, ``avssl.cli``).
+"""The library never imports the application (``avssl.apps``, and the entry points ``avssl.cli``, ``avssl.__main__``).
 
 Two checks: every import statement of every library file (read, not run, so a lazy import inside a
 function counts too), and a fresh interpreter that imports every library module and then holds no
@@ -16,7 +16,7 @@ from typing import Iterator, List, Tuple
 import avssl
 
 PACKAGE = Path(avssl.__file__).resolve().parent
-APPLICATION = ("avssl.apps", "avssl.cli")
+APPLICATION = ("avssl.apps", "avssl.cli", "avssl.__main__")
 
 
 def _module_name(path: Path) -> str:
@@ -93,7 +93,7 @@ def test_no_library_file_imports_the_application():
 _FRESH = """
 import importlib, pkgutil, sys
 import avssl
-APP = ("avssl.apps", "avssl.cli")
+APP = ("avssl.apps", "avssl.cli", "avssl.__main__")
 def app(name): return any(name == a or name.startswith(a + ".") for a in APP)
 names, todo = [], [avssl]
 while todo:  # walk_packages would import the application's packages to list them: walk by hand

@@ -90,7 +90,7 @@ def test_prep_check_lists_the_lying_files_as_bad_with_their_reason(odd, tmp_path
         os.link(odd / name, src / "a" / name)
     media.write_video(str(src / "a" / "good.mp4"), num_frames=10, fps=10)
     report = tmp_path / "check.json"
-    proc = subprocess.run([sys.executable, "-m", "avssl.cli", "prep", "--check", str(src), "--report", str(report)],
+    proc = subprocess.run([sys.executable, "-m", "avssl", "prep", "--check", str(src), "--report", str(report)],
                           env=ENV, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     got = json.loads(report.read_text())
@@ -124,7 +124,7 @@ def test_training_skips_the_lying_file_by_name_and_finishes(train_tree, tmp_path
         "optim.name": "adamw", "trainer.max_epochs": 1, "trainer.accelerator": "cpu", "trainer.devices": 1,
         "trainer.progress_bar": False, "trainer.tensorboard": False, "output_dir": str(tmp_path / "run"),
     }
-    cmd = [sys.executable, "-m", "avssl.cli", "pretrain", str(config), *[f"{k}={v}" for k, v in overrides.items()]]
+    cmd = [sys.executable, "-m", "avssl", "pretrain", str(config), *[f"{k}={v}" for k, v in overrides.items()]]
     proc = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=300)
     log = proc.stdout + proc.stderr
     assert proc.returncode == 0, log[-3000:]
@@ -219,7 +219,7 @@ def test_strict_geometry_lists_rotated_and_anamorphic_files_as_bad(prepared_odd,
     assert "sample aspect ratio 2:1" in bad[oriented_name(0, Fraction(2))]
     # The command line: --check --strict-geometry reports the same.
     saved = tmp_path / "check.json"
-    proc = subprocess.run([sys.executable, "-m", "avssl.cli", "prep", "--check", "--strict-geometry", str(base / "src"),
+    proc = subprocess.run([sys.executable, "-m", "avssl", "prep", "--check", "--strict-geometry", str(base / "src"),
                            "--report", str(saved)], env=ENV, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert sorted(os.path.basename(b["path"]) for b in json.loads(saved.read_text())["bad_files"]) == sorted(names[:3])

@@ -79,7 +79,7 @@ def _check_install(path: List[str], where: Path, cwd: Path) -> None:
     assert got["config"] == str((where / "configs" / "demo" / "avid_cma_tiny.yaml").resolve()), got
     assert got["vcop"] == "vcop r2plus1d_tiny"
     assert int(got["shipped"]) == sum(1 for _ in (ROOT / "configs").rglob("*.yaml"))
-    helped = _python(path, ["-m", "avssl.cli", "demo", "--help"], cwd)
+    helped = _python(path, ["-m", "avssl", "demo", "--help"], cwd)
     assert helped.returncode == 0, helped.stderr[-3000:]
     assert "usage: avssl demo" in helped.stdout and "--seeds" in helped.stdout
 

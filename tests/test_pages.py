@@ -20,7 +20,7 @@ from typing import List
 import pytest
 import torch
 
-from avssl.cli import main
+from avssl.apps.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -77,7 +77,7 @@ def test_bench_writes_its_rows_and_a_page_with_command_machine_and_table(tmp_pat
 
 def test_every_benchmark_has_the_same_shape_and_options():
     from avssl.apps.bench import BENCHMARKS, Benchmark
-    from avssl.cli import build_parser
+    from avssl.apps.cli import build_parser
 
     assert BENCHMARKS.names() == ["cma", "data", "losses", "models", "prep"]
     parser = build_parser()

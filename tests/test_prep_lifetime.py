@@ -24,7 +24,7 @@ ENV = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.path.dirname(HERE), CO
 
 
 def prep_cmd(*args: str) -> list:
-    return [sys.executable, "-m", "avssl.cli", "prep", *args]
+    return [sys.executable, "-m", "avssl", "prep", *args]
 
 
 @pytest.fixture(scope="module")

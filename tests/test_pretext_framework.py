@@ -1,22 +1,15 @@
 """Pretext tasks as methods of their own and as weighted extra objectives of any method."""
 from __future__ import annotations
 
-from typing import Any, Dict
-
 import pytest
 import torch
+from tiny import tiny_config
 
-from avssl.config import build_config
+from avssl.data.batch import first_view
 from avssl.methods import available_methods, build_method
-from avssl.methods.pretext import available_pretext_tasks, build_pretext_task, encoder_out_dim, select_view
+from avssl.pretext import available_pretext_tasks, build_pretext_task, encoder_out_dim
 
 TASKS = ["temporal_order", "vcop", "tracking_triplet", "rotation", "jigsaw", "relative_position", "pirl"]
-VIDEO = {"name": "r3d_tiny", "kwargs": {"base_channels": 4}}
-
-
-def cfg_for(method: Dict[str, Any], **model: Any):
-    return build_config({"method": method, "model": {"video": VIDEO, **model},
-                         "optim": {"name": "sgd", "lr": 0.1, "weight_decay": 0.0}, "num_classes": 3})
 
 
 def test_every_task_is_registered_as_task_and_method():
@@ -32,24 +25,23 @@ def test_unknown_task_and_key_are_named():
 
 
 def test_meta_device_out_dim_matches_the_built_encoder():
-    from avssl.config import build_config
     from avssl.models import build_encoder
 
-    cfg = build_config({"model": {"video": VIDEO}})
+    cfg = tiny_config("supervised")
     assert encoder_out_dim(cfg.model.video) == build_encoder("r3d_tiny", base_channels=4).out_dim
 
 
-def test_select_view_takes_the_first_view_and_checks_shapes():
+def test_first_view_takes_the_first_view_and_checks_shapes():
     x = torch.randn(2, 3, 3, 4, 8, 8)
-    assert torch.equal(select_view(x, "video"), x[:, 0])
-    assert select_view(x[:, 0], "video") is not None and select_view(x[:, 0], "video").shape == (2, 3, 4, 8, 8)
+    assert torch.equal(first_view(x, "video"), x[:, 0])
+    assert first_view(x[:, 0], "video") is not None and first_view(x[:, 0], "video").shape == (2, 3, 4, 8, 8)
     with pytest.raises(ValueError, match="B×C×T×H×W"):
-        select_view(torch.randn(2, 3, 8), "video")
+        first_view(torch.randn(2, 3, 8), "video")
 
 
 def test_task_as_method_trains_its_encoder():
     torch.manual_seed(0)
-    m = build_method("rotation", cfg_for({"name": "rotation", "modality": "video"}))
+    m = build_method("rotation", tiny_config("rotation", "video"))
     assert m.encoder_for("video") is m.video_encoder
     with pytest.raises(ValueError, match="no audio encoder"):
         m.encoder_for("audio")
@@ -60,10 +52,9 @@ def test_task_as_method_trains_its_encoder():
 
 def test_extra_objective_adds_its_weighted_loss_to_the_methods_own():
     torch.manual_seed(0)
-    plain = build_method("supervised", cfg_for({"name": "supervised"}))
+    plain = build_method("supervised", tiny_config("supervised"))
     torch.manual_seed(0)
-    mixed = build_method("supervised", cfg_for({"name": "supervised",
-                                                "extra_objectives": {"rotation": {"weight": 0.25}}}))
+    mixed = build_method("supervised", tiny_config("supervised", extra_objectives={"rotation": {"weight": 0.25}}))
     # The extra task's head is part of the model: in the optimiser (parameters) and the checkpoint.
     names = [n for n, _ in mixed.named_parameters()]
     assert any(n.startswith("extra_objectives.rotation.task.") for n in names)
@@ -83,10 +74,9 @@ def test_extra_objective_adds_its_weighted_loss_to_the_methods_own():
 
 def test_extra_objective_errors_name_the_key():
     with pytest.raises(ValueError, match="extra_objectives.rotation.*model.audio"):
-        build_method("supervised", cfg_for({"name": "supervised",
-                                            "extra_objectives": {"rotation": {"modality": "audio"}}}, audio=None))
+        build_method("supervised", tiny_config("supervised", extra_objectives={"rotation": {"modality": "audio"}}))
     with pytest.raises(KeyError, match="unknown pretext task 'rotaton'"):
-        build_method("supervised", cfg_for({"name": "supervised", "extra_objectives": {"rotaton": {}}}))
-    m = build_method("supervised", cfg_for({"name": "supervised", "extra_objectives": {"rotation": {}}}))
+        build_method("supervised", tiny_config("supervised", extra_objectives={"rotaton": {}}))
+    m = build_method("supervised", tiny_config("supervised", extra_objectives={"rotation": {}}))
     with pytest.raises(KeyError, match="batch\\['video'\\]"):
         m.add_extra_objectives({"audio": torch.zeros(1)}, {"loss": torch.tensor(0.0)})

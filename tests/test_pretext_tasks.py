@@ -10,11 +10,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from avssl.data.image_pretext import (NEIGHBOURS, grid_tiles, max_hamming_permutations, min_hamming_distance,
+from avssl.pretext.spatial import (NEIGHBOURS, grid_tiles, max_hamming_permutations, min_hamming_distance,
                                       rotate)
-from avssl.data.pretext import frame_motion, gather_clips, inverse_permutation, order_tuples, permutations
+from avssl.pretext.temporal import frame_motion, gather_clips, inverse_permutation, order_tuples, permutations
 from avssl.losses import build_loss
-from avssl.methods.pretext import build_pretext_task
+from avssl.pretext import build_pretext_task
 
 
 # -- temporal order ------------------------------------------------------------------------------
@@ -182,21 +182,51 @@ def test_relative_position_labels_name_the_neighbour():
     assert torch.equal(other, expect) and len(label.unique()) == 8
 
 
-def test_classifier_losses_match_cross_entropy_of_their_heads():
+def test_classifier_tasks_give_the_cross_entropy_and_accuracy_of_their_heads():
     torch.manual_seed(0)
     for name, k, classes in (("temporal_order", 3, 2), ("rotation", 1, 4), ("relative_position", 2, 8)):
-        loss = build_loss(name, feat_dim=5)
+        task = build_pretext_task(name, 5)
         f = torch.randn(6, k, 5)
         y = torch.randint(0, classes, (6,))
-        logits = loss.head(f.flatten(1))
+        logits = task.head.mlp(f.flatten(1))
         direct = -torch.log_softmax(logits, 1)[torch.arange(6), y].mean()
-        assert torch.allclose(loss(f, y), direct, atol=1e-6)
-    vcop = build_loss("vcop", feat_dim=4, num_clips=3, hidden=7)
+        out = task.classify(f, y)
+        assert torch.allclose(out["loss"], direct, atol=1e-6)
+        assert float(out["acc"]) == float((logits.argmax(1) == y).float().mean())
+    vcop = build_pretext_task("vcop", 4, num_clips=3, hidden=7)
     f, y = torch.randn(5, 3, 4), torch.randint(0, 6, (5,))
-    pairs = [torch.relu(vcop.pair_mlp[0](torch.cat([f[:, i], f[:, j]], 1))) for i, j in ((0, 1), (0, 2), (1, 2))]
-    logits = vcop.classifier(torch.cat(pairs, 1))
+    pairs = [torch.relu(vcop.head.pair_mlp[0](torch.cat([f[:, i], f[:, j]], 1))) for i, j in ((0, 1), (0, 2), (1, 2))]
+    logits = vcop.head.classifier(torch.cat(pairs, 1))
     assert logits.shape == (5, 6)
-    assert torch.allclose(vcop(f, y), F.cross_entropy(logits, y), atol=1e-6)
+    assert torch.allclose(vcop.classify(f, y)["loss"], F.cross_entropy(logits, y), atol=1e-6)
+
+
+def test_task_head_loss_names_are_deprecated_aliases_of_the_same_computation():
+    torch.manual_seed(0)
+    for name, kw, shape, classes in (("temporal_order", {}, (6, 3, 5), 2), ("jigsaw", {"num_permutations": 7},
+                                                                            (6, 9, 5), 7),
+                                     ("vcop", {"num_clips": 3, "hidden": 7}, (6, 3, 5), 6)):
+        with pytest.warns(DeprecationWarning, match=f"build_pretext_task\\('{name}'"):
+            loss = build_loss(name, feat_dim=5, **kw)
+        f, y = torch.randn(*shape), torch.randint(0, classes, (6,))
+        assert torch.allclose(loss(f, y), F.cross_entropy(loss.head(f), y), atol=1e-6)
+
+
+def test_checkpoints_from_before_the_heads_moved_into_the_tasks_still_load():
+    for name, kw, renames in (("rotation", {}, {"head.mlp.layers.0.": "loss.head."}),
+                              ("jigsaw", {"num_permutations": 4, "hidden": 3}, {"head.mlp.layers.": "loss.head."}),
+                              ("vcop", {"hidden": 3}, {"head.": "loss."}),
+                              ("tracking_triplet", {"embed_dim": 3}, {"head.layers.": "head."})):
+        task = build_pretext_task(name, 5, **kw)
+        new = {k: torch.randn_like(v) for k, v in task.state_dict().items()}
+        old = {}
+        for k, v in new.items():
+            prefix = next((p for p in renames if k.startswith(p)), None)
+            old[(renames[prefix] + k[len(prefix):]) if prefix else k] = v
+        assert set(old) != set(new)
+        fresh = build_pretext_task(name, 5, **kw)
+        fresh.load_state_dict(old, strict=True)
+        assert all(torch.equal(fresh.state_dict()[k], v) for k, v in new.items())
 
 
 def test_pirl_loss_direct_formula_and_known_values():
@@ -256,7 +286,7 @@ MOVING = ["bounce", "fall", "figure8", "orbit", "pendulum", "slide", "spiral", "
 @pytest.mark.parametrize("name", MOVING)
 def test_tracker_follows_the_synthetic_object(name):
     from avssl.apps.synthetic import plan_video, render_video
-    from avssl.data.tracking import track_ncc
+    from avssl.pretext.tracking import track_ncc
 
     entry = plan_video(name, 0, seconds=2.0, size=64, fps=16, seed=0)
     frames, _ = render_video(entry)
@@ -269,7 +299,7 @@ def test_tracker_follows_the_synthetic_object(name):
 
 
 def test_saliency_finds_the_moving_square_and_fb_check_flags_nothing_on_a_clean_track():
-    from avssl.data.tracking import forward_backward_error, ncc_map, salient_centres
+    from avssl.pretext.tracking import forward_backward_error, ncc_map, salient_centres
 
     frames = torch.zeros(8, 3, 48, 48)
     frames[:, 1] = 0.3  # a static green background
@@ -312,7 +342,8 @@ def test_task_trains_as_a_method(synth_corpus, tmp_path, name, task):
     from conftest import tiny_overrides
 
     from avssl.config import load_config
-    from avssl.runner import encoder_from, fit, load_method
+    from avssl.engine import fit, load_method
+    from avssl.eval import encoder_from
 
     cfg = load_config(overrides=tiny_overrides(synth_corpus, tmp_path, method=name, **{
         "data.num_frames": 6, "method.modality": "video", "method.task": task}))
@@ -329,7 +360,7 @@ def test_avid_cma_with_temporal_order_as_extra_objective(synth_corpus, tmp_path)
     from conftest import tiny_overrides
 
     from avssl.config import load_config
-    from avssl.runner import fit
+    from avssl.engine import fit
 
     cfg = load_config(overrides=tiny_overrides(synth_corpus, tmp_path, method="avid_cma", **{
         "data.audio": True, "data.num_frames": 6, "method.proj_hidden": 16, "method.proj_dim": 8,

@@ -36,7 +36,7 @@ def test_retrieval_of_a_trained_audio_visual_checkpoint(synth_corpus, tmp_path):
 
     from avssl.config import load_config
     from avssl.eval.retrieval import retrieval_evaluate
-    from avssl.runner import fit
+    from avssl.engine import fit
 
     cfg = load_config(overrides=tiny_overrides(synth_corpus, tmp_path, method="xmodal_nce", **{
         "data.audio": True, "method.proj_hidden": 16, "method.proj_dim": 8}))

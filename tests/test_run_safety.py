@@ -18,7 +18,7 @@ from avssl.checkpoint import LAST, PREVIOUS, CheckpointError, load_checkpoint
 from avssl.config import build_config, load_config, to_dict
 from avssl.engine import STOP_SIGNALS, TrainingInterrupted
 from avssl.errors import UserError
-from avssl.runner import fit, incompatible_keys
+from avssl.engine import fit, incompatible_keys
 from conftest import tiny_overrides
 from fault_cli import SignalAtStep
 
@@ -76,6 +76,7 @@ def test_last_checkpoint_is_written_at_every_epoch_end_with_the_previous_kept(sy
 
 
 # -- case 2 and 4: kill -9, then rerun the same command ------------------------------------------------
+@pytest.mark.slow
 def test_kill_9_anywhere_then_rerun_reaches_the_uninterrupted_weights(synth_corpus, tmp_path, reference):
     out = tmp_path / "run"
     args = ["pretrain", CONFIG, *tiny_overrides(synth_corpus, out, **RUN)]
@@ -102,7 +103,7 @@ def test_kill_9_anywhere_then_rerun_reaches_the_uninterrupted_weights(synth_corp
 # -- case 3: SIGTERM saves the current step and exits non-zero ----------------------------------------
 def test_sigterm_to_avssl_pretrain_saves_the_step_exits_143_and_the_rerun_is_exact(synth_corpus, tmp_path, reference):
     out = tmp_path / "run"
-    cmd = [sys.executable, "-m", "avssl.cli", "pretrain", CONFIG, *tiny_overrides(synth_corpus, out, **RUN)]
+    cmd = [sys.executable, "-m", "avssl", "pretrain", CONFIG, *tiny_overrides(synth_corpus, out, **RUN)]
     proc = subprocess.Popen(cmd, env=_cli_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     last = out / "checkpoints" / LAST
     deadline = time.monotonic() + 240

@@ -61,7 +61,7 @@ def test_every_shipped_config_is_listed_in_the_configs_readme():
 
 
 def _verbs() -> list:
-    from avssl.cli import build_parser
+    from avssl.apps.cli import build_parser
 
     sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
     return list(sub.choices)
@@ -75,14 +75,14 @@ def test_one_thin_script_in_tools_per_cli_verb():
     for verb in verbs:
         text = (ROOT / "tools" / f"{verb.replace('-', '_')}.py").read_text()
         assert f'sys.exit(main(["{verb}", *sys.argv[1:]]))' in text, verb
-        assert "from avssl.cli import main" in text
+        assert "from avssl.apps.cli import main" in text
 
 
 def test_a_tools_script_is_the_cli_verb(tmp_path):
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1", COLUMNS="120")
     via_tool = subprocess.run([sys.executable, str(ROOT / "tools" / "cma_figure.py"), "--help"], cwd=tmp_path, env=env,
                               capture_output=True, text=True, timeout=120)
-    via_cli = subprocess.run([sys.executable, "-m", "avssl.cli", "cma-figure", "--help"], cwd=tmp_path, env=env,
+    via_cli = subprocess.run([sys.executable, "-m", "avssl", "cma-figure", "--help"], cwd=tmp_path, env=env,
                              capture_output=True, text=True, timeout=120)
     assert via_tool.returncode == via_cli.returncode == 0, via_tool.stderr + via_cli.stderr
     assert via_tool.stdout == via_cli.stdout and via_tool.stdout.startswith("usage: avssl cma-figure")

@@ -11,33 +11,22 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
+from tiny import tiny_config
+
 from avssl.checkpoint import load_checkpoint
 from avssl.config import build_config
 from avssl.methods import build_method, method_config_class
 from avssl.methods.views import MultiViewMethod, cosine_momentum
 
 METHODS = ["simclr", "moco", "byol", "simsiam", "barlow_twins", "vicreg", "swav"]
-ENCODERS = {
-    "image": {"name": "resnet18", "kwargs": {"base_channels": 4}},
-    "video": {"name": "r3d_tiny", "kwargs": {"base_channels": 4}},
-    "audio": {"name": "audio_conv_tiny", "kwargs": {"base_channels": 4}},
-}
 SHAPES = {"image": (3, 16, 16), "video": (3, 4, 16, 16), "audio": (1, 16, 16)}
 # Small heads (the defaults are the papers' 2048-8192 wide ones).
 TINY = {"proj_hidden": 32, "proj_dim": 16}
-EXTRA = {"moco": {"queue_size": 32}, "byol": {"pred_hidden": 16}, "simsiam": {"pred_hidden": 16},
-         "swav": {"num_prototypes": 10}}
-
-
-def make_cfg(name: str, modality: str = "image", seed: int = 0, optim: Dict[str, Any] = None, **method: Any):
-    m = {"name": name, "modality": modality, **TINY, **EXTRA.get(name, {}), **method}
-    return build_config({"method": m, "model": {"video": None, modality: ENCODERS[modality]}, "seed": seed,
-                         "optim": optim or {"name": "sgd", "lr": 0.1, "weight_decay": 0.0}})
 
 
 def make_method(name: str, modality: str = "image", seed: int = 0, **method: Any) -> MultiViewMethod:
     torch.manual_seed(seed)
-    m = build_method(name, make_cfg(name, modality, seed, **method))
+    m = build_method(name, tiny_config(name, modality, {"seed": seed}, **method))
     return m.train()
 
 
@@ -332,7 +321,7 @@ def test_byol_on_video_clips_resumes_exactly(synth_corpus, tmp_path):
     from conftest import tiny_overrides
 
     from avssl.config import load_config
-    from avssl.runner import fit
+    from avssl.engine import fit
 
     class StopAfterOneEpoch(L.Callback):
         def on_train_epoch_end(self, trainer, pl_module):

@@ -12,7 +12,7 @@ import torch
 from avssl.checkpoint import load_checkpoint
 from avssl.config import load_config
 from avssl.errors import NonFiniteLossError
-from avssl.runner import fit, load_method
+from avssl.engine import fit, load_method
 from conftest import tiny_overrides
 
 HERE = os.path.dirname(__file__)
@@ -78,6 +78,7 @@ def _ddp_loss(corpus, out_dir, nproc: int, method: str, batch: int) -> float:
     return sum(losses) / nproc
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["supervised", "xmodal_nce"])
 def test_two_process_ddp_equals_one_process_on_the_same_global_batch(synth_corpus, tmp_path, method):
     one = _ddp_loss(synth_corpus, tmp_path, 1, method, batch=8)

@@ -1,7 +1,7 @@
 """A user's mistakes (config, paths, permissions, data, options) print one line and exit 2; bugs keep
 their traceback; ``--debug`` shows it for user errors too.
 
-Most cases run ``avssl.cli.main`` in this process (one row each in ``CASES``); a few run the real
+Most cases run ``avssl.apps.cli.main`` in this process (one row each in ``CASES``); a few run the real
 command in a subprocess for what only a process shows: the exit status, the absence of a traceback,
 permissions (as root they are enforced by dropping CAP_DAC_OVERRIDE with ``setpriv``).
 """
@@ -17,7 +17,7 @@ from typing import Callable, List, Sequence
 
 import pytest
 
-from avssl.cli import main
+from avssl.apps.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -159,7 +159,7 @@ def test_a_users_mistake_is_one_line_and_exit_2(case, ws, capsys):
 
 # -- real processes: exit status, no traceback, OS permissions ---------------------------------------
 def _cli(args: List[str], cwd: Path, drop_root: bool = False, timeout: int = 120) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "avssl.cli", *args]
+    cmd = [sys.executable, "-m", "avssl", *args]
     if drop_root and os.geteuid() == 0:
         # root ignores permission bits through CAP_DAC_OVERRIDE; without it, a 0o555 folder is read-only
         # for root too (the owner's bits apply), as it is for any user.
@@ -212,6 +212,7 @@ def test_python_tag_is_refused_not_run_in_a_real_process(ws):
     assert not (ws / "pwned").exists()
 
 
+@pytest.mark.slow
 def test_debug_shows_the_traceback_of_a_user_error(ws):
     proc = _cli(["--debug", "pretrain", str(ws / "base.yaml"), "data.batch_size=-1"], ws)
     assert proc.returncode == 1, proc.stderr
@@ -234,7 +235,7 @@ def test_a_bug_keeps_its_traceback_while_an_os_error_on_a_users_path_is_one_line
     # OSError the OS gives for a user's unwritable file.
     code = (
         "import errno, sys, avssl.apps.synthetic as s\n"
-        "from avssl.cli import main\n"
+        "from avssl.apps.cli import main\n"
         "def work(*a, **k):\n"
         "    raise {exc}\n"
         "s.synthesize = work\n"

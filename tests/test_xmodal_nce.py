@@ -3,16 +3,13 @@ from __future__ import annotations
 
 import torch
 
-from avssl.config import build_config
+from tiny import tiny_config
+
 from avssl.methods import build_method
 
 
 def test_frozen_audio_encoder_keeps_weights_and_batchnorm_statistics():
-    cfg = build_config({
-        "method": {"name": "xmodal_nce", "proj_hidden": 16, "proj_dim": 8, "freeze_audio_encoder": True},
-        "model": {"video": {"name": "r3d_tiny", "kwargs": {"base_channels": 4}},
-                  "audio": {"name": "audio_conv_tiny", "kwargs": {"base_channels": 4}}},
-    })
+    cfg = tiny_config("xmodal_nce", freeze_audio_encoder=True)
     torch.manual_seed(0)
     m = build_method("xmodal_nce", cfg).train()
     assert not m.audio_encoder.training and m.video_encoder.training

@@ -2,7 +2,7 @@
 """`python tools/compare.py ARGS` is `avssl compare ARGS`."""
 import sys
 
-from avssl.cli import main
+from avssl.apps.cli import main
 
 if __name__ == "__main__":
     sys.exit(main(["compare", *sys.argv[1:]]))

@@ -2,7 +2,7 @@
 """`python tools/eval.py ARGS` is `avssl eval ARGS`."""
 import sys
 
-from avssl.cli import main
+from avssl.apps.cli import main
 
 if __name__ == "__main__":
     sys.exit(main(["eval", *sys.argv[1:]]))

@@ -2,7 +2,7 @@
 """`python tools/export.py ARGS` is `avssl export ARGS`."""
 import sys
 
-from avssl.cli import main
+from avssl.apps.cli import main
 
 if __name__ == "__main__":
     sys.exit(main(["export", *sys.argv[1:]]))

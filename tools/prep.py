@@ -2,7 +2,7 @@
 """`python tools/prep.py ARGS` is `avssl prep ARGS`."""
 import sys
 
-from avssl.cli import main
+from avssl.apps.cli import main
 
 if __name__ == "__main__":
     sys.exit(main(["prep", *sys.argv[1:]]))

@@ -2,7 +2,7 @@
 """`python tools/pretrain.py ARGS` is `avssl pretrain ARGS`."""
 import sys
 
-from avssl.cli import main
+from avssl.apps.cli import main
 
 if __name__ == "__main__":
     sys.exit(main(["pretrain", *sys.argv[1:]]))

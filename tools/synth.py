@@ -2,7 +2,7 @@
 """`python tools/synth.py ARGS` is `avssl synth ARGS`."""
 import sys
 
-from avssl.cli import main
+from avssl.apps.cli import main
 
 if __name__ == "__main__":
     sys.exit(main(["synth", *sys.argv[1:]]))

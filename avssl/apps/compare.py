@@ -177,7 +177,8 @@ def run_compare(
     from avssl.apps.pages import write_page
     from avssl.apps.synthetic import make_corpus
     from avssl.eval.report import write_results_json
-    from avssl.runner import evaluate, fit
+    from avssl.engine import fit
+    from avssl.eval import evaluate
     from avssl.utils import atomic_write_text
 
     console = Console()

@@ -59,7 +59,8 @@ def run_demo(
     from avssl.apps.synthetic import make_corpus
     from avssl.eval.plots import plot_training_curves
     from avssl.eval.report import print_results_table, write_results_json
-    from avssl.runner import evaluate, fit
+    from avssl.engine import fit
+    from avssl.eval import evaluate
 
     console = Console()
     methods = tuple(methods)
@@ -140,7 +141,7 @@ def _audio_visual_rows(checkpoints: Dict[str, str], names: Sequence[str], out: s
     if not names:
         return []
     from avssl.eval.retrieval import retrieval_evaluate
-    from avssl.runner import evaluate
+    from avssl.eval import evaluate
 
     rows: List[Dict[str, Any]] = []
     for i, name in enumerate(names):
@@ -177,7 +178,8 @@ def run_image_demo(
     from rich.console import Console
 
     from avssl.eval.report import print_results_table, write_results_json
-    from avssl.runner import evaluate, fit
+    from avssl.engine import fit
+    from avssl.eval import evaluate
 
     console = Console()
     t_start = time.perf_counter()

@@ -61,18 +61,18 @@ def make_image_dataset(cfg: Any, part: str, train: bool) -> Any:
     held-out split), ``digits_cluttered`` (the same digits in colour at random places over clutter, see
     :func:`avssl.data.images.cluttered_digits`), ``digits_colour`` (larger, without the clutter), a folder per class (``data.val`` another folder), or a video corpus whose frames
     are the images (manifest / folder tree, ``data.frames_per_video`` frames per video, split by
-    ``train_split`` / ``val_split``). Training items carry the views of ``data.augment`` (default: the
-    recipe named after the method, e.g. ``byol``'s asymmetric pair or ``swav``'s multi-crop, else
-    SimCLR's); evaluation items one centre view.
+    ``train_split`` / ``val_split``). Training items carry the views of ``data.augment``, by default the
+    recipe the method declares (its class's ``augment``: ``byol``'s asymmetric pair, ``swav``'s multi-crop,
+    SimCLR's for methods without a recipe of their own); evaluation items one centre view.
     """
     import os
 
-    from avssl.data.image_transforms import EvalImageTransform, available_image_augments, build_image_augment
+    from avssl.data.image_transforms import EvalImageTransform, build_image_augment
     from avssl.data.images import DigitsDataset, ImageFolderDataset, VideoFramesDataset
 
     d = cfg.data
     if train:
-        recipe = d.augment or (cfg.method.name if cfg.method.name in available_image_augments() else "simclr")
+        recipe = d.augment or default_augment(cfg)
         try:
             transform: Any = build_image_augment(recipe, d.image_size, **dict(d.augment_kwargs or {}))
         except TypeError as e:
@@ -101,6 +101,13 @@ def make_image_dataset(cfg: Any, part: str, train: bool) -> Any:
     return VideoFramesDataset(src, split=split or None, frames_per_video=d.frames_per_video, size=d.image_size,
                               transform=transform, seed=cfg.seed, video_root=d.video_root,
                               max_failure_fraction=d.max_failure_fraction, backend=_backend(d))
+
+
+def default_augment(cfg: Any) -> str:
+    """The image view recipe of ``cfg``'s method (its class's ``augment``), used when ``data.augment`` is unset."""
+    from avssl.methods import method_class
+
+    return method_class(cfg.method.name).augment
 
 
 def _source(d: Any, part: str, expected: str, generated: Sequence[str] = ()) -> str:

@@ -8,8 +8,8 @@ Each item is a dict, like :class:`~avssl.data.VideoDataset`'s::
      "label": int (−1 unlabelled), "index": int}
 
 ``torch.utils.data.default_collate`` batches all three: ``image`` becomes B×3×H×W, B×V×3×H×W, or a list
-of V tensors B×3×Hv×Wv (one per view). :func:`split_views` turns any of them into the list of per-view
-batches a multi-view method consumes.
+of V tensors B×3×Hv×Wv (one per view). :func:`avssl.data.batch.split_views` turns any of them into the list
+of per-view batches a multi-view method consumes.
 
 With ``transform=None`` the image is returned as stored, converted to float 3×H×W in [0, 1]
 (grayscale repeated onto 3 channels; see :func:`~avssl.data.image_transforms.to_float_image`).
@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
+from avssl.data.batch import split_views
 from avssl.data.datasets import TooManyDecodeErrors, _takes_generator, select_rows
 from avssl.data.decoding import DecodeError
 from avssl.data.image_transforms import ViewsAugment, to_float_image
@@ -45,7 +46,6 @@ __all__ = [
     "digits",
     "cluttered_digits",
     "ClutteredDigitsDataset",
-    "split_views",
     "collate_views",
 ]
 
@@ -59,27 +59,13 @@ ImageTransform = Callable[..., Union[torch.Tensor, Sequence[torch.Tensor]]]
 
 
 # -- batches -----------------------------------------------------------------------------------
-def split_views(images: Union[torch.Tensor, Sequence[torch.Tensor]]) -> List[torch.Tensor]:
-    """A batch's ``image`` entry -> the list of per-view batches, each B×C×H×W.
-
-    B×C×H×W (one view) -> ``[it]``; B×V×C×H×W -> V tensors B×C×H×W; a list (multi-crop) -> itself.
-    """
-    if isinstance(images, torch.Tensor):
-        if images.ndim == 4:
-            return [images]
-        if images.ndim == 5:
-            return list(images.unbind(1))
-        raise ValueError(f"expected images B×C×H×W or B×V×C×H×W, got shape {tuple(images.shape)}")
-    return list(images)
-
-
 def collate_views(batch: Sequence[Dict[str, Any]]) -> Dict[str, Any]:
     """Collate items into a batch whose ``image`` is always a list of per-view batches B×C×H×W
     (whatever the item layout), ``label`` and ``index`` LongTensors B; other keys as ``default_collate``."""
     from torch.utils.data import default_collate
 
     out = default_collate([{k: v for k, v in item.items() if k != "image"} for item in batch])
-    out["image"] = split_views(default_collate([item["image"] for item in batch]))
+    out["image"] = split_views(default_collate([item["image"] for item in batch]), "image")
     return out
 
 

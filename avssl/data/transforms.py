@@ -26,6 +26,8 @@ from typing import Any, Callable, List, Optional, Sequence, Tuple, Union
 import torch
 import torch.nn.functional as F
 
+from avssl.data.batch import is_batch, sample_ndim
+
 __all__ = [
     "KINETICS_MEAN",
     "KINETICS_STD",
@@ -83,7 +85,7 @@ def _pair(size: Size, who: str) -> Tuple[int, int]:
 def _check_clip(x: Any, who: str) -> torch.Tensor:
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{who}: expected a C×T×H×W tensor, got {type(x).__name__}")
-    if x.ndim != 4:
+    if x.dim() != sample_ndim("video"):
         raise ValueError(f"{who}: expected a C×T×H×W tensor, got shape {tuple(x.shape)}")
     return x
 
@@ -583,7 +585,7 @@ class Normalize(Transform):
         self.mean, self.std = tuple(float(m) for m in mean), tuple(float(s) for s in std)
 
     def __call__(self, x: Clip, generator: Optional[torch.Generator] = None) -> Clip:
-        if not isinstance(x, torch.Tensor) or x.ndim not in (4, 5):
+        if not isinstance(x, torch.Tensor) or not (x.dim() == sample_ndim("video") or is_batch(x, "video")):
             raise ValueError("Normalize: expected a C×T×H×W or B×C×T×H×W tensor")
         x = _check_float(x, "Normalize")
         c = x.shape[-4]

@@ -1,6 +1,8 @@
-"""Evaluation of frozen or fine-tuned encoders: metrics, feature extraction, kNN, linear probes, reports.
+"""Evaluation of frozen or fine-tuned encoders: protocols, metrics, feature extraction, kNN, linear probes, reports.
 
-Figures live in :mod:`avssl.eval.plots` (imported on demand: it needs matplotlib).
+:func:`evaluate` runs protocols of the registry :data:`PROTOCOLS` (``linear``, ``knn``, ``folds``,
+``layerwise``, ``finetune``, ``retrieval``) and returns their rows. Figures live in :mod:`avssl.eval.plots`
+(imported on demand: it needs matplotlib).
 """
 from avssl.eval.features import extract_features, load_features, pool_stage, save_features
 from avssl.eval.knn import knn_evaluate, knn_predict
@@ -14,9 +16,14 @@ from avssl.eval.metrics import (
     per_class_accuracy,
     top_k_accuracy,
 )
+from avssl.eval.protocols import PROTOCOLS, available_protocols, encoder_from, evaluate
 from avssl.eval.report import print_results_table, write_results_json
 
 __all__ = [
+    "PROTOCOLS",
+    "available_protocols",
+    "encoder_from",
+    "evaluate",
     "LinearProbe",
     "aggregate_labels",
     "aggregate_views",

@@ -19,19 +19,18 @@ from __future__ import annotations
 
 import math
 import os
-from typing import Any, Dict, Iterable, List, Optional, Sequence, Union
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Union
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from avssl.data.batch import SAMPLE_NDIM, Modality, flatten_views, is_batch
 from avssl.utils import atomic_write
 
 Device = Union[str, torch.device]
 PathLike = Union[str, "os.PathLike[str]"]
 
-# Dimensions of one single-view sample batch per modality; one more means a view axis (B×V×...).
-SINGLE_VIEW_NDIM = {"video": 5, "audio": 4, "image": 4}
 FEATURE_KEYS = ("features", "labels", "index", "view")
 
 
@@ -42,9 +41,9 @@ def pool_stage(feat: torch.Tensor, pool_dim: Optional[int] = None) -> torch.Tens
     if pool_dim is None:
         return feat.flatten(2).mean(dim=2)
     b, c = feat.shape[:2]
-    if feat.dim() == 5:  # B×C×T×H×W: average over time
+    if is_batch(feat, "video"):  # B×C×T×H×W: average over time
         feat = feat.mean(dim=2)
-    if feat.dim() != 4:
+    if not is_batch(feat, "image"):
         raise ValueError(f"pool_dim needs B×C×H×W or B×C×T×H×W stage maps, got {tuple(feat.shape)}")
     s = max(1, math.isqrt(max(0, int(pool_dim) // c)))
     size = (min(s, feat.shape[2]), min(s, feat.shape[3]))
@@ -78,7 +77,7 @@ def _progress(total: Optional[int], enabled: bool):
 
 
 def extract_features(
-    encoder: nn.Module,
+    encoder: Union[nn.Module, Mapping[str, nn.Module]],
     loader: Iterable[Dict[str, Any]],
     device: Device = "cpu",
     modality: str = "video",
@@ -96,12 +95,17 @@ def extract_features(
     ``torch.inference_mode()`` (with ``torch.autocast(dtype=amp_dtype)`` when given); afterwards every
     submodule's ``training`` flag is restored to what it was, so a model mid-training is unaffected.
 
-    ``modality`` is the batch key of the input (``video``, ``audio`` or ``image``; another key needs
-    ``sample_ndim``, the dims of a single-view batch). ``stages=None`` takes ``encoder(x)`` (N×out_dim);
-    a list of stage names (or ``"all"``) takes those maps of ``encoder.forward_features(x)``, each pooled
-    by :func:`pool_stage` with ``pool_dim``. ``max_batches`` stops early (for quick looks).
+    ``modality`` is the batch key of the input (``video``, ``audio`` or ``image``, laid out as
+    :mod:`avssl.data.batch` says; another key needs ``sample_ndim``, the dims of a single-view batch).
+    ``stages=None`` takes ``encoder(x)`` (N×out_dim); a list of stage names (or ``"all"``) takes those maps of
+    ``encoder.forward_features(x)``, each pooled by :func:`pool_stage` with ``pool_dim``. ``max_batches`` stops
+    early (for quick looks).
 
-    Returns ``{"features": N×D float32 (or {stage: N×D_stage}), "labels": N long (−1 where the batch has
+    ``encoder`` may also map modalities to modules (e.g. ``{"video": ..., "audio": ...}``): each runs on its own
+    entry of every batch, in one pass over the loader, and ``features`` is then ``{modality: N×D}``
+    (``modality`` and ``stages`` are not used; with ``views="flatten"`` every entry must have as many views).
+
+    Returns ``{"features": N×D float32 (or {stage or modality: N×D}), "labels": N long (−1 where the batch has
     none), "index": N long (video index; a running count when the batch has none), "view": N long,
     "meta": dict}``, all on the CPU, rows in loader order.
     """
@@ -109,17 +113,23 @@ def extract_features(
         stages = [stages]
     if views not in ("flatten", "mean"):
         raise ValueError(f"views must be 'flatten' or 'mean', got {views!r}")
-    if sample_ndim is None:
-        if modality not in SINGLE_VIEW_NDIM:
-            raise ValueError(
-                f"unknown modality {modality!r}: pass sample_ndim (dims of a single-view batch) "
-                f"or use one of {sorted(SINGLE_VIEW_NDIM)}"
-            )
-        sample_ndim = SINGLE_VIEW_NDIM[modality]
+    paired = isinstance(encoder, Mapping)
+    encoders: Dict[str, nn.Module] = dict(encoder) if paired else {modality: encoder}  # type: ignore[arg-type]
+    if paired and stages is not None:
+        raise ValueError("stages need a single encoder, not a mapping of modalities to encoders")
+    layouts: Dict[str, Modality] = {}
+    for key in encoders:
+        if sample_ndim is not None and not paired:
+            layouts[key] = int(sample_ndim) - 1  # the contract counts the dims of one sample, without B
+        elif key in SAMPLE_NDIM:
+            layouts[key] = key
+        else:
+            raise ValueError(f"unknown modality {key!r}: pass sample_ndim (dims of a single-view batch) "
+                             f"or use one of {sorted(SAMPLE_NDIM)}")
     if stages is not None and not hasattr(encoder, "forward_features"):
         raise ValueError(f"stages={stages!r} needs an encoder with forward_features; {type(encoder).__name__} has none")
     device = torch.device(device)
-    flags = [(m, m.training) for m in encoder.modules()]
+    flags = [(m, m.training) for enc in encoders.values() for m in enc.modules()]
     try:
         total = len(loader)  # type: ignore[arg-type]
     except TypeError:
@@ -127,7 +137,7 @@ def extract_features(
     if max_batches is not None:
         total = max_batches if total is None else min(total, max_batches)
 
-    feats: Union[List[torch.Tensor], Dict[str, List[torch.Tensor]]] = [] if stages is None else {}
+    feats: Dict[str, List[torch.Tensor]] = {}
     labels: List[torch.Tensor] = []
     index: List[torch.Tensor] = []
     view_ids: List[torch.Tensor] = []
@@ -135,46 +145,46 @@ def extract_features(
     seen = n_clips = 0
     bar = _progress(total, progress)
     try:
-        encoder.to(device).eval()
+        for enc in encoders.values():
+            enc.to(device).eval()
         if bar is not None:
             bar.start()
-            task = bar.add_task(f"extract {modality}", total=total, rate="")
+            task = bar.add_task(f"extract {'+'.join(encoders)}", total=total, rate="")
             bar.refresh()
         with torch.inference_mode():
             for bi, batch in enumerate(loader):
                 if max_batches is not None and bi >= max_batches:
                     break
-                if not isinstance(batch, dict) or modality not in batch:
-                    keys = list(batch) if isinstance(batch, dict) else type(batch).__name__
-                    raise KeyError(f"batch {bi} has no {modality!r} entry (got {keys})")
-                x = batch[modality]
-                if x.dim() == sample_ndim:
-                    x = x.unsqueeze(1)
-                elif x.dim() != sample_ndim + 1:
-                    raise ValueError(
-                        f"batch {bi}: {modality} must be {sample_ndim}-D (B×...) or {sample_ndim + 1}-D "
-                        f"(B×V×...), got shape {tuple(x.shape)}"
-                    )
-                b, v = x.shape[:2]
-                x = x.reshape(b * v, *x.shape[2:]).to(device, non_blocking=True)
-                with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-                    if stages is None:
-                        out: Dict[str, torch.Tensor] = {"": encoder(x)}
-                    else:
-                        maps = encoder.forward_features(x)
-                        if stage_names is None:
-                            stage_names = list(maps)
-                        missing = [s for s in stage_names if s not in maps]
-                        if missing:
-                            raise KeyError(f"stages {missing} not produced by {type(encoder).__name__}; it has {list(maps)}")
-                        out = {s: pool_stage(maps[s], pool_dim) for s in stage_names}
-                for name, f in out.items():
-                    f = f.float().reshape(b, v, -1)
-                    f = f.mean(dim=1) if views == "mean" else f.reshape(b * v, -1)
-                    if stages is None:
-                        feats.append(f.cpu())  # type: ignore[union-attr]
-                    else:
-                        feats.setdefault(name, []).append(f.cpu())  # type: ignore[union-attr]
+                v_first: Optional[int] = None
+                for key, enc in encoders.items():
+                    if not isinstance(batch, dict) or key not in batch:
+                        keys = list(batch) if isinstance(batch, dict) else type(batch).__name__
+                        raise KeyError(f"batch {bi} has no {key!r} entry (got {keys})")
+                    x, v = flatten_views(batch[key], layouts[key], who=f"batch {bi}: {key}")
+                    b = x.shape[0] // v
+                    if v_first is None:
+                        v_first = v
+                    elif v != v_first and views == "flatten":
+                        raise ValueError(f"batch {bi}: {key} has {v} views but {next(iter(encoders))} has {v_first}; "
+                                         "use views='mean'")
+                    x = x.to(device, non_blocking=True)
+                    with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                        if stages is None:
+                            out: Dict[str, torch.Tensor] = {key if paired else "": enc(x)}
+                        else:
+                            maps = enc.forward_features(x)
+                            if stage_names is None:
+                                stage_names = list(maps)
+                            missing = [s for s in stage_names if s not in maps]
+                            if missing:
+                                raise KeyError(f"stages {missing} not produced by {type(enc).__name__}; it has {list(maps)}")
+                            out = {s: pool_stage(maps[s], pool_dim) for s in stage_names}
+                    for name, f in out.items():
+                        f = f.float().reshape(b, v, -1)
+                        f = f.mean(dim=1) if views == "mean" else f.reshape(b * v, -1)
+                        feats.setdefault(name, []).append(f.cpu())
+                assert v_first is not None
+                v = v_first
                 lab = torch.as_tensor(batch.get("label", torch.full((b,), -1))).long().reshape(b)
                 idx = batch.get("index")
                 idx = torch.arange(seen, seen + b) if idx is None else torch.as_tensor(idx).long().reshape(b)
@@ -202,18 +212,18 @@ def extract_features(
     def cat(parts: List[torch.Tensor]) -> torch.Tensor:
         return torch.cat(parts) if parts else torch.empty(0, dtype=torch.long)
 
-    if stages is None:
-        features: Any = torch.cat(feats) if feats else torch.empty((0, getattr(encoder, "out_dim", 0)))  # type: ignore[arg-type]
+    if stages is None and not paired:
+        features: Any = torch.cat(feats[""]) if feats else torch.empty((0, getattr(encoder, "out_dim", 0)))
     else:
-        features = {s: torch.cat(parts) for s, parts in feats.items()}  # type: ignore[union-attr]
+        features = {s: torch.cat(parts) for s, parts in feats.items()}
     return {
         "features": features,
         "labels": cat(labels),
         "index": cat(index),
         "view": cat(view_ids),
         "meta": {
-            "encoder": type(encoder).__name__,
-            "modality": modality,
+            "encoder": {k: type(e).__name__ for k, e in encoders.items()} if paired else type(encoder).__name__,
+            "modality": list(encoders) if paired else modality,
             "views": views,
             "stages": stage_names if stages is not None else None,
             "pool_dim": pool_dim,

@@ -16,14 +16,14 @@ def predict_views(method: Any, loader: Any, device: str = "cpu") -> Dict[str, to
 
     Returns ``scores`` (N·V)×C (logits), ``labels`` and ``index`` (the video of each view).
     """
-    from avssl.methods.base import flatten_views
+    from avssl.data.batch import flatten_views
 
     was_training = method.training
     method.eval().to(device)
     scores, labels, index = [], [], []
     try:
         for batch in loader:
-            x, views = flatten_views(batch[method.modality].to(device), method._view_dims)
+            x, views = flatten_views(batch[method.modality].to(device), method.modality)
             scores.append(method(x).float().cpu())
             labels.append(batch["label"].repeat_interleave(views))
             index.append(batch["index"].repeat_interleave(views))
@@ -39,7 +39,7 @@ def finetune_and_evaluate(cfg: Any, checkpoint: Optional[str], name: Optional[st
     from torch.utils.data import DataLoader
 
     from avssl.data.datamodule import make_dataset
-    from avssl.runner import fit, load_method, with_overrides
+    from avssl.engine import fit, load_method, with_overrides
 
     if cfg.method.name != "supervised":
         raise ValueError(f"fine-tuning needs a config whose method is 'supervised', not {cfg.method.name!r}")

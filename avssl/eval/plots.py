@@ -1,4 +1,4 @@
-"""Figures of an evaluation: confusion matrix, 2-D embedding map, training curves.
+"""Figures of an evaluation: confusion matrix, 2-D embedding map, training curves, CMA positives.
 
 Figures are drawn on matplotlib's Agg canvas directly (no ``pyplot``: no global figure state, no GUI
 backend) and written atomically as PNG (temp file in the same folder, then ``os.replace``).
@@ -9,7 +9,7 @@ import csv
 import io
 import math
 import os
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 
@@ -265,3 +265,29 @@ def plot_cma_positives(
                         side.set_linewidth(2 if c else 0)
             row[0].set_ylabel({"cma": "CMA", "video": "video NN", "audio": "audio NN"}[kind], fontsize=7)
     _save(fig, path)
+
+
+def cma_figure(cfg: Any, checkpoint: str, refs: Sequence[int], path: PathLike, k: int = 5) -> Dict[str, Any]:
+    """PNG of chosen training videos with their CMA positives and their nearest neighbours by video only
+    and by audio only, from an ``avid_cma`` checkpoint's memory banks (rows = training-set indices of
+    ``cfg.data.train``). Returns the neighbour table as lists."""
+    from avssl.data.datamodule import make_dataset
+    from avssl.data.decoding import read_clip
+    from avssl.engine import load_method
+
+    method = load_method(checkpoint)
+    crit = getattr(method, "criterion", None)
+    if crit is None or not hasattr(crit, "video_bank"):
+        raise ValueError(f"{checkpoint} holds no memory banks (train it with method.name=avid_cma)")
+    table = cma_neighbour_table(crit.video_bank.weight.float(), crit.audio_bank.weight.float(), refs, k=k,
+                                agreement=cfg.method.cma_agreement if hasattr(cfg.method, "cma_agreement") else "min")
+    ds = make_dataset(cfg, "train", train=False, needs_audio=False)
+    needed = sorted({int(i) for i in refs} | {int(i) for t in table.values() for i in t.flatten().tolist()})
+    frames: Dict[int, torch.Tensor] = {}
+    for i in needed:
+        row = ds.rows[i]
+        start, end = row.window_in_path()
+        mid = (start or 0.0) + 0.5 * ((end or row.duration or 0.0) - (start or 0.0))
+        frames[i] = read_clip(row.path, start=max(0.0, mid - 0.05), duration=0.1, num_frames=1, audio=False).video[0]
+    plot_cma_positives(frames, table, refs, path, labels=ds.labels)
+    return {k_: v.tolist() for k_, v in table.items()}

@@ -34,31 +34,20 @@ def cross_modal_retrieval(video: torch.Tensor, audio: torch.Tensor, ks: Sequence
 @torch.no_grad()
 def retrieval_evaluate(cfg: Any, checkpoint: str, ks: Sequence[int] = (1, 5, 10), part: str = "val",
                        max_batches: Optional[int] = None) -> Dict[str, float]:
-    """Video→audio and audio→video recall@k on the ``part`` videos (one centre clip each), in the joint
-    space of an audio-visual method's heads (``method.embed(video, audio)``: xmodal_nce, avid_cma)."""
-    from torch.utils.data import DataLoader
-
+    """Video→audio and audio→video recall@k on the ``part`` videos of ``cfg.data`` (one centre clip each), in
+    the joint space of an audio-visual method's heads (:meth:`AudioVisualMethod.embed_dataset
+    <avssl.methods.audiovisual.AudioVisualMethod.embed_dataset>`: xmodal_nce, avid_cma)."""
     from avssl.data.datamodule import make_dataset
-    from avssl.runner import load_method, with_overrides
+    from avssl.engine import load_method, with_overrides
 
     method = load_method(checkpoint)
-    if not hasattr(method, "embed"):
+    if not hasattr(method, "embed_dataset") or not getattr(method, "heads", False):
         raise ValueError(f"{type(method).__name__} has no joint audio-visual embedding (embed); retrieval needs one")
     cfg = with_overrides(cfg, **{"data.test_clips": 1, "data.test_crops": 1})
     ds = make_dataset(cfg, part, train=False, needs_audio=True)
-    loader = DataLoader(ds, batch_size=cfg.data.batch_size, num_workers=cfg.data.num_workers)
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    method.to(device).eval()
-    vs, auds = [], []
-    for i, batch in enumerate(loader):
-        if max_batches is not None and i >= max_batches:
-            break
-        video, audio = batch["video"], batch["audio"]
-        if video.dim() == 6:
-            video, audio = video[:, 0], audio[:, 0]
-        v, a = method.embed(video.to(device), audio.to(device))
-        vs.append(v.float().cpu())
-        auds.append(a.float().cpu())
-    out = cross_modal_retrieval(torch.cat(vs), torch.cat(auds), ks)
-    out["num_videos"] = float(sum(x.shape[0] for x in vs))
+    method.to("cuda" if torch.cuda.is_available() else "cpu")
+    z = method.embed_dataset(ds, normalize=False, batch_size=cfg.data.batch_size, num_workers=cfg.data.num_workers,
+                             max_batches=max_batches)
+    out = cross_modal_retrieval(z["video"], z["audio"], ks)
+    out["num_videos"] = float(z["video"].shape[0])
     return out

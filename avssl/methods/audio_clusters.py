@@ -16,11 +16,12 @@ from dataclasses import dataclass
 from typing import Any, Dict, Optional
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 
+from avssl.data.batch import flatten_views
 from avssl.methods import METHODS
-from avssl.methods.base import BaseMethodConfig, Method, flatten_views
+from avssl.methods.audiovisual import AudioVisualMethod
+from avssl.methods.base import BaseMethodConfig
 
 log = logging.getLogger(__name__)
 
@@ -66,50 +67,45 @@ def kmeans(x: torch.Tensor, k: int, iterations: int = 50, restarts: int = 5, see
 
 
 @METHODS.register("audio_clusters")
-class AudioClusters(Method):
+class AudioClusters(AudioVisualMethod):
     Config = AudioClustersConfig
     modalities = ("video",)  # training batches need no sound: the clusters are computed up front
+    heads = False
 
-    def __init__(self, cfg: Any) -> None:
-        super().__init__(cfg)
+    def __init__(self, cfg: Any, **kw: Any) -> None:
         m = cfg.method
         if m.num_clusters < 2:
             raise ValueError(f"method.num_clusters must be >= 2, got {m.num_clusters}")
-        self.video_encoder = self.make_encoder(cfg.model.video)
-        self.audio_encoder = self.make_encoder(cfg.model.audio)
+        super().__init__(cfg, **kw)
         if m.audio_checkpoint:
             from avssl.methods.supervised import load_encoder_weights
 
             load_encoder_weights(self.audio_encoder, m.audio_checkpoint, "audio", what="method.audio_checkpoint")
-        self.freeze("audio_encoder")  # fixed: BatchNorm statistics included
-        self.classifier = nn.Sequential(nn.Dropout(m.dropout), nn.Linear(self.video_encoder.out_dim, m.num_clusters))
+        from avssl.models.heads import ClassificationHead
+
+        self.classifier = ClassificationHead(self.video_encoder.out_dim, m.num_clusters, dropout=m.dropout)
         self.register_buffer("pseudo_labels", torch.empty(0, dtype=torch.long))
         self.register_buffer("clustered_epoch", torch.tensor(-1))
+        self._register_load_state_dict_pre_hook(self._load_older)
 
-    def load_state_dict(self, state_dict: Any, strict: bool = True, **kw: Any) -> Any:
+    def audio_frozen(self) -> bool:
+        return True  # fixed, BatchNorm statistics included: it only summarises the sound
+
+    def _load_older(self, state_dict: Dict[str, Any], prefix: str, *args: Any) -> None:
+        from avssl.checkpoint import rename_keys
+
+        # The classifier was a Sequential(Dropout, Linear) before it became a ClassificationHead.
+        rename_keys(state_dict, prefix, (("classifier.1.", "classifier.fc."),))
         # The pseudo-labels' length is the training set's, known only once clustered.
-        labels = state_dict.get("pseudo_labels")
+        labels = state_dict.get(f"{prefix}pseudo_labels")
         if labels is not None:
             self.pseudo_labels = torch.empty_like(labels, device=self.pseudo_labels.device)
-        return super().load_state_dict(state_dict, strict=strict, **kw)
 
     # -- clustering ------------------------------------------------------------------------------
-    @torch.no_grad()
     def audio_features(self) -> torch.Tensor:
-        """N×D audio features of the training videos (test-style clips, averaged per video), by index."""
-        from torch.utils.data import DataLoader
-
-        from avssl.data.datamodule import make_dataset
-        from avssl.eval.features import extract_features
-
-        ds = make_dataset(self.cfg, "train", train=False, needs_audio=True)
-        loader = DataLoader(ds, batch_size=self.cfg.data.batch_size, num_workers=self.cfg.data.num_workers)
-        out = extract_features(self.audio_encoder, loader, device=self.device, modality="audio", views="mean",
-                               progress=False)
-        feats = torch.zeros(len(ds), out["features"].shape[1])
-        feats[out["index"]] = out["features"]
-        self.audio_encoder.eval()
-        return F.normalize(feats, dim=1)
+        """N×D audio features of the training videos (test-style clips, averaged per video, L2-normalised),
+        row i = video i."""
+        return self.embed_dataset("train", ("audio",))["audio"]
 
     def cluster(self) -> None:
         m = self.cfg.method
@@ -132,7 +128,7 @@ class AudioClusters(Method):
     def compute_loss(self, batch: Dict[str, Any]) -> Dict[str, torch.Tensor]:
         if self.pseudo_labels.numel() == 0:
             raise RuntimeError("audio_clusters: no pseudo-labels yet; they are computed at the start of training")
-        video, views = flatten_views(batch["video"], 5)
+        video, views = flatten_views(batch["video"], "video")
         target = self.pseudo_labels[batch["index"].to(self.pseudo_labels.device)].repeat_interleave(views)
         logits = self.classifier(self.video_encoder(video))
         loss = F.cross_entropy(logits.float(), target)

@@ -1,7 +1,8 @@
 """Audio-visual instance discrimination with memory banks, then Cross-Modal Agreement (AVID-CMA).
 
 A video encoder and an audio encoder, each followed by an MLP projection (512→512→128 in the recipe, no
-BatchNorm; ``proj_batch_norm`` / ``proj_last_bn`` add it), embed every clip; one memory bank per
+BatchNorm; ``proj_batch_norm`` / ``proj_last_bn`` add it; see :class:`avssl.methods.audiovisual.AudioVisualMethod`),
+embed every clip; one memory bank per
 modality keeps a momentum-averaged embedding per training instance. Stage 1 (AVID,
 :class:`avssl.losses.audiovisual.AVIDLoss`): each clip's video must pick its own audio-bank row among
 other instances' rows and vice versa. Stage 2 (CMA, from ``cma_start_epoch``,
@@ -12,7 +13,7 @@ audio bank — recomputed every ``cma_every_epochs`` epochs. No labels are used.
 The banks need N, the number of training instances: ``method.num_data``, or, when it is None, the
 length of the training set, read in :meth:`AvidCMA.setup` (Lightning calls ``setup`` before it restores
 a checkpoint, so a resumed run finds the banks in place). The value found is written into the stored
-config, and loading a state dict builds the banks from its shapes, so :func:`avssl.runner.load_method`
+config, and loading a state dict builds the banks from its shapes, so :func:`avssl.engine.load_method`
 works either way.
 
 Starting from another run (``method.init_from: CKPT``, e.g. CMA on your own data from an AVID model):
@@ -27,27 +28,20 @@ encoders and heads, L2-normalised) before the first epoch, so CMA can start at e
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, Optional
 
 import torch
 import torch.nn as nn
 
+from avssl.data.batch import flatten_views
 from avssl.losses.audiovisual import AVIDLoss, CMALoss
 from avssl.methods import METHODS
-from avssl.methods.base import BaseMethodConfig, Method, flatten_views
+from avssl.methods.audiovisual import AudioVisualConfig, AudioVisualMethod
 
 
 @dataclass
-class AvidCMAConfig(BaseMethodConfig):
+class AvidCMAConfig(AudioVisualConfig):
     name: str = "avid_cma"
-    proj_hidden: int = 512
-    proj_dim: int = 128
-    # BatchNorm in the projections: after the hidden Linear, and/or after the last one (off in the recipe).
-    proj_batch_norm: bool = False
-    proj_last_bn: bool = False
-    # Hold the audio net fixed, BatchNorm statistics included (optim.lr_mult.audio_encoder=0 freezes only
-    # the weights: in train mode BatchNorm still refits its statistics, which changes the features).
-    freeze_audio_encoder: bool = False
     # Number of training instances (rows of each bank); None: the training set's length at setup.
     num_data: Optional[int] = None
     variant: str = "cross"  # AVID stage: cross | self | joint (must be cross when CMA is used)
@@ -93,7 +87,7 @@ def dataset_fingerprint(dataset: Any) -> int:
 
 
 @METHODS.register("avid_cma")
-class AvidCMA(Method):
+class AvidCMA(AudioVisualMethod):
     """AVID (``cma_start_epoch = -1``) or AVID followed by CMA.
 
     With CMA the method holds a single :class:`CMALoss`: until its positive sets exist it is Cross-AVID,
@@ -102,14 +96,10 @@ class AvidCMA(Method):
     """
 
     Config = AvidCMAConfig
-    modalities = ("video", "audio")
 
     positives_epoch: torch.Tensor
 
-    def __init__(self, cfg: Any) -> None:
-        super().__init__(cfg)
-        from avssl.models.heads import ProjectionHead
-
+    def __init__(self, cfg: Any, **kw: Any) -> None:
         m = cfg.method
         if m.cma_start_epoch >= 0 and m.variant != "cross":
             raise ValueError(f"method.variant={m.variant!r} cannot be combined with method.cma_start_epoch="
@@ -121,16 +111,9 @@ class AvidCMA(Method):
             raise ValueError(f"method.bank_dtype must be one of {', '.join(_BANK_DTYPES)}, got {m.bank_dtype!r}")
         if m.num_data is not None and m.num_data < 2:
             raise ValueError(f"method.num_data must be >= 2 or None (the training set size), got {m.num_data}")
-        self.video_encoder = self.make_encoder(cfg.model.video)
-        self.audio_encoder = self.make_encoder(cfg.model.audio)
         # No BatchNorm in the projections by default, as in the AVID-CMA recipe. Pooled post-ReLU features
         # share a large offset that BN-free heads keep, so on small encoders proj_batch_norm can matter.
-        self.video_head = ProjectionHead(self.video_encoder.out_dim, m.proj_hidden, m.proj_dim,
-                                         batch_norm=m.proj_batch_norm, last_bn=m.proj_last_bn)
-        self.audio_head = ProjectionHead(self.audio_encoder.out_dim, m.proj_hidden, m.proj_dim,
-                                         batch_norm=m.proj_batch_norm, last_bn=m.proj_last_bn)
-        if m.freeze_audio_encoder:
-            self.freeze("audio_encoder")
+        super().__init__(cfg, **kw)
         self.criterion: Optional[nn.Module] = None
         if m.num_data is not None:
             self._build_criterion(int(m.num_data))
@@ -232,38 +215,6 @@ class AvidCMA(Method):
         log.info("avid_cma: initialised from %s; memory banks rebuilt from its encoders (%s)", path, why)
         return f"rebuilt ({why})"
 
-    @torch.no_grad()
-    def embed_dataset(self, dataset: Any) -> Tuple[torch.Tensor, torch.Tensor]:
-        """L2-normalised projections (N×proj_dim video, N×proj_dim audio) of every item of ``dataset``
-        (batches with "video", "audio", "index"; a view axis is averaged), in row order of "index"."""
-        import torch.nn.functional as F
-        from torch.utils.data import DataLoader
-
-        from rich.progress import Progress
-
-        was_training = self.training
-        self.eval()
-        n = len(dataset)
-        dim = int(self.cfg.method.proj_dim)
-        out_v, out_a = torch.zeros(n, dim), torch.zeros(n, dim)
-        loader = DataLoader(dataset, batch_size=int(self.cfg.method.rebuild_batch_size), shuffle=False,
-                            num_workers=int(self.cfg.data.num_workers))
-        dev = self.device
-        with Progress(transient=True) as bar:
-            task = bar.add_task("embedding the training set for the memory banks", total=len(loader))
-            for batch in loader:
-                video, vv = flatten_views(batch["video"].to(dev), 5)
-                audio, va = flatten_views(batch["audio"].to(dev), 4)
-                zv, za = self.embed(video, audio)
-                b = batch["video"].shape[0]
-                zv = F.normalize(zv.float().view(b, vv, -1).mean(1), dim=1)
-                za = F.normalize(za.float().view(b, va, -1).mean(1), dim=1)
-                idx = torch.as_tensor(batch["index"]).long()
-                out_v[idx], out_a[idx] = zv.cpu(), za.cpu()
-                bar.advance(task)
-        self.train(was_training)
-        return out_v, out_a
-
     def rebuild_banks(self, train_set: Any) -> None:
         """Fill both banks with the current encoders' embeddings of every training video (one centre clip)."""
         from omegaconf import OmegaConf
@@ -277,10 +228,10 @@ class AvidCMA(Method):
         if len(ds) != len(train_set):
             raise RuntimeError(f"avid_cma: rebuilding the banks found {len(ds)} training videos, the training set "
                                f"has {len(train_set)}")
-        zv, za = self.embed_dataset(ds)
+        z = self.embed_dataset(ds, batch_size=int(self.cfg.method.rebuild_batch_size), progress=True)
         crit = self._require_criterion()
-        crit.video_bank.weight.copy_(zv.to(crit.video_bank.weight))
-        crit.audio_bank.weight.copy_(za.to(crit.audio_bank.weight))
+        crit.video_bank.weight.copy_(z["video"].to(crit.video_bank.weight))
+        crit.audio_bank.weight.copy_(z["audio"].to(crit.audio_bank.weight))
 
     def _require_criterion(self) -> nn.Module:
         if self.criterion is None:
@@ -289,16 +240,12 @@ class AvidCMA(Method):
         return self.criterion
 
     # -- training --------------------------------------------------------------------------------
-    def embed(self, video: torch.Tensor, audio: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        """video B×C×T×H×W, audio B×1×F×T' -> (B×proj_dim, B×proj_dim) projections (not normalised)."""
-        return self.video_head(self.video_encoder(video)), self.audio_head(self.audio_encoder(audio))
-
     def compute_loss(self, batch: Dict[str, Any]) -> Dict[str, torch.Tensor]:
         """batch["video"] B×C×T×H×W or B×V×C×T×H×W, batch["audio"] B×1×F×T' or B×V×1×F×T', batch["index"] B
         (training-set indices, the bank rows) -> {"loss", per-term losses}. Updates the banks."""
         crit = self._require_criterion()
-        video, vv = flatten_views(batch["video"], 5)
-        audio, va = flatten_views(batch["audio"], 4)
+        video, vv = flatten_views(batch["video"], "video")
+        audio, va = flatten_views(batch["audio"], "audio")
         if vv != va:
             raise ValueError(f"avid_cma: video has {vv} views per clip but audio has {va}")
         index = torch.as_tensor(batch["index"], device=video.device).reshape(-1).long()

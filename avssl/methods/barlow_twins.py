@@ -12,7 +12,6 @@ from typing import Any, Dict
 
 import torch
 
-from avssl.losses import build_loss
 from avssl.methods import METHODS
 from avssl.methods.views import MultiViewMethod, ViewsMethodConfig, pair_cosine
 
@@ -30,14 +29,9 @@ class BarlowTwinsConfig(ViewsMethodConfig):
 @METHODS.register("barlow_twins")
 class BarlowTwins(MultiViewMethod):
     Config = BarlowTwinsConfig
-
-    def __init__(self, cfg: Any) -> None:
-        super().__init__(cfg)
-        from avssl.models.heads import ProjectionHead
-
-        m = cfg.method
-        self.projector = ProjectionHead(self.encoder.out_dim, m.proj_hidden, m.proj_dim, num_layers=m.proj_layers)
-        self.criterion = build_loss("barlow_twins", lambd=m.lambd, gather_distributed=m.gather_distributed)
+    loss = "barlow_twins"
+    loss_keys = ("lambd", "gather_distributed")
+    augment = "barlow_twins"
 
     def compute_loss(self, batch: Dict[str, Any]) -> Dict[str, torch.Tensor]:
         """Loss and ``pos_cos`` (mean cosine between the two views' embeddings)."""

@@ -1,17 +1,25 @@
-"""What every method shares: config, encoders by name, optimiser + schedule, NaN guard, RNG in checkpoints."""
+"""What every method shares, and the base of the methods that train one encoder.
+
+:class:`Method`: config, encoders by name, frozen parts, optimiser + schedule, the NaN guard, extra objectives,
+RNG in checkpoints (a resumed run continues exactly). :class:`SingleEncoderMethod`: one encoder,
+``model.<method.modality>`` (supervised, the pretext tasks, and the multi-view methods of
+:mod:`avssl.methods.views`). The audio-visual base is :class:`avssl.methods.audiovisual.AudioVisualMethod`.
+"""
 from __future__ import annotations
 
 import random
 from dataclasses import dataclass, field
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, ClassVar, Dict, Optional, Tuple
 
 import lightning as L
 import numpy as np
 import torch
 import torch.nn as nn
 
-from avssl.config import MethodConfig, to_dict
-from avssl.engine import NonFiniteLossError, build_optimizer, build_scheduler
+from avssl.config import Check, MethodConfig, to_dict
+from avssl.data.batch import batch_size
+from avssl.engine.optim import build_optimizer, build_scheduler
+from avssl.errors import NonFiniteLossError
 
 
 @dataclass
@@ -19,7 +27,7 @@ class BaseMethodConfig(MethodConfig):
     """Keys every method takes; each method's ``Config`` extends it.
 
     ``extra_objectives`` adds weighted pretext tasks to the method's own loss (see
-    :mod:`avssl.methods.pretext`): ``{temporal_order: {weight: 0.5, modality: video, ...}}``.
+    :mod:`avssl.pretext`): ``{temporal_order: {weight: 0.5, modality: video, ...}}``.
     """
 
     extra_objectives: Dict[str, Any] = field(default_factory=dict)
@@ -29,24 +37,31 @@ class Method(L.LightningModule):
     """Base LightningModule of every method.
 
     Subclasses set ``Config`` (a dataclass of the keys under ``method:``), build their encoders, heads
-    and losses in ``__init__``, and implement :meth:`compute_loss` (a dict with at least ``"loss"``).
-    ``modalities`` says what the batches must hold (``video``, ``audio``, ``label``).
+    and losses in ``__init__`` (after ``super().__init__``), and implement :meth:`compute_loss` (a dict with
+    at least ``"loss"``). ``modalities`` says what the batches must hold (``video``, ``audio``, ``label``);
+    ``augment`` names the image view recipe used when ``data.kind: image`` and ``data.augment`` is unset.
+
+    ``extra_objectives`` (a ModuleDict of :class:`avssl.pretext.ExtraObjective`, built from
+    ``method.extra_objectives`` by :func:`avssl.methods.build_method`) are added to the method's own loss;
+    their heads are in the optimiser and the checkpoint.
     """
 
     Config = BaseMethodConfig
     modalities: Tuple[str, ...] = ("video",)
     monitor: Optional[str] = None  # metric that picks the "best" checkpoint
     monitor_mode: str = "min"
+    augment: ClassVar[str] = "simclr"
 
-    def __init__(self, cfg: Any) -> None:
+    def __init__(self, cfg: Any, extra_objectives: Optional[nn.ModuleDict] = None) -> None:
         super().__init__()
         self.cfg = cfg
         self.save_hyperparameters({"config": to_dict(cfg)})
-        from avssl.methods.pretext import build_extra_objectives
-
-        # Built here from the encoder configs (feature sizes read on the meta device), so every method
-        # takes them without code of its own, and their heads are in the optimiser and the checkpoint.
-        self.extra_objectives = build_extra_objectives(cfg)
+        if extra_objectives is None:
+            if getattr(cfg.method, "extra_objectives", None):
+                raise ValueError("method.extra_objectives is set, but no objectives were built: build the method "
+                                 "with avssl.methods.build_method, which builds them from the config")
+            extra_objectives = nn.ModuleDict()
+        self.extra_objectives = extra_objectives
         self._frozen: Tuple[str, ...] = ()
 
     # -- building --------------------------------------------------------------------------------
@@ -66,15 +81,16 @@ class Method(L.LightningModule):
         return self
 
     @staticmethod
-    def make_encoder(enc_cfg: Any) -> nn.Module:
+    def make_encoder(enc_cfg: Any, key: str = "model.video / model.audio") -> nn.Module:
+        """The encoder ``enc_cfg`` (an ``EncoderConfig``) names; ``key`` names it in the error when it is unset."""
         from avssl.models import build_encoder
 
         if enc_cfg is None:
-            raise ValueError("this method needs an encoder here; set model.video / model.audio in the config")
+            raise ValueError(f"this method needs an encoder at {key}; it is not set in the config")
         return build_encoder(enc_cfg.name, **dict(enc_cfg.kwargs or {}))
 
     def encoder_for(self, modality: str) -> nn.Module:
-        """The encoder evaluated for ``modality`` (``video`` or ``audio``)."""
+        """The encoder evaluated for ``modality`` (``video``, ``audio`` or ``image``)."""
         enc = getattr(self, f"{modality}_encoder", None)
         if enc is None:
             raise ValueError(f"{type(self).__name__} has no {modality} encoder")
@@ -96,7 +112,7 @@ class Method(L.LightningModule):
                 f"{self.cfg.output_dir}/checkpoints/last.ckpt. Try a lower optim.lr, trainer.gradient_clip_val, "
                 "or trainer.precision=32-true."
             )
-        bsz = _batch_size(batch)
+        bsz = batch_size(batch)
         for key, value in out.items():
             self.log(f"train/{key}", value.detach(), on_step=True, on_epoch=True, prog_bar=key == "loss", batch_size=bsz)
         return loss
@@ -104,15 +120,10 @@ class Method(L.LightningModule):
     def add_extra_objectives(self, batch: Dict[str, Any], out: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
         """``out["loss"]`` + Σ weight·task loss over ``method.extra_objectives``, each task run with this
         method's encoder for its modality on ``batch[modality]``; the tasks' keys are added as ``<task>/<key>``."""
-        from avssl.methods.pretext import select_view
-
         out = dict(out)
         total = out["loss"]
         for name, extra in self.extra_objectives.items():
-            if extra.modality not in batch:
-                raise KeyError(f"method.extra_objectives.{name} reads batch[{extra.modality!r}], which this "
-                               f"method's batches do not have (keys: {sorted(batch)})")
-            got = extra.task(self.encoder_for(extra.modality), select_view(batch[extra.modality], extra.modality))
+            got = extra(self.encoder_for(extra.modality), batch)
             total = total + extra.weight * got["loss"]
             for key, value in got.items():
                 out[f"{name}/{key}"] = value
@@ -168,17 +179,58 @@ class Method(L.LightningModule):
             torch.cuda.set_rng_state_all(cuda)
 
 
-def _batch_size(batch: Dict[str, Any]) -> int:
-    for key in ("video", "audio", "label"):
-        v = batch.get(key) if isinstance(batch, dict) else None
-        if isinstance(v, torch.Tensor):
-            return int(v.shape[0])
-    return 1
+@dataclass
+class SingleEncoderConfig(BaseMethodConfig):
+    """Keys of a method that trains one encoder."""
+
+    modality: str = "video"  # the batch entry and the encoder (model.<modality>): video | audio | image
+
+    checks: ClassVar[Dict[str, Check]] = {"modality": Check(choices=("video", "audio", "image"))}
 
 
-def flatten_views(x: torch.Tensor, view_dims: int) -> Tuple[torch.Tensor, int]:
-    """B×V×... -> (B·V)×..., V (V = 1 when ``x`` has ``view_dims`` dims, i.e. no view axis)."""
-    if x.dim() == view_dims + 1:
-        b, v = x.shape[:2]
-        return x.flatten(0, 1), v
-    return x, 1
+#: An encoder to suggest in errors, per modality.
+EXAMPLE_ENCODERS = {"image": "resnet18", "video": "r3d_18", "audio": "audio_resnet18"}
+
+
+class SingleEncoderMethod(Method):
+    """A method that trains one encoder, ``model.<method.modality>``.
+
+    The encoder is registered as ``<modality>_encoder`` (checkpoint keys ``video_encoder.*``,
+    ``image_encoder.*`` or ``audio_encoder.*``) and reachable as ``self.encoder``. ``accepts`` lists the
+    modalities the method can train; ``batch_keys`` what its batches need besides the modality.
+    """
+
+    Config = SingleEncoderConfig
+    accepts: ClassVar[Tuple[str, ...]] = ("video", "audio", "image")
+    batch_keys: ClassVar[Tuple[str, ...]] = ()
+
+    def __init__(self, cfg: Any, **kw: Any) -> None:
+        super().__init__(cfg, **kw)
+        m = cfg.method
+        modality = str(m.modality)
+        if modality not in self.accepts:
+            raise ValueError(f"method.modality must be one of {', '.join(self.accepts)} for {m.name!r}; "
+                             f"got {modality!r}")
+        enc_cfg = getattr(cfg.model, modality, None)
+        if enc_cfg is None:
+            raise ValueError(
+                f"method {m.name!r} with method.modality={modality} needs an encoder at model.{modality}; "
+                f"it is not set (e.g. model.{modality}.name={EXAMPLE_ENCODERS[modality]})")
+        self.modality = modality
+        self.modalities = (modality, *self.batch_keys)
+        setattr(self, f"{modality}_encoder", self.make_encoder(enc_cfg))
+
+    @property
+    def encoder(self) -> nn.Module:
+        """The trained encoder (``model.<modality>``)."""
+        return getattr(self, f"{self.modality}_encoder")
+
+    def encoder_for(self, modality: str) -> nn.Module:
+        if modality != self.modality:
+            raise ValueError(f"{type(self).__name__} was trained on {self.modality} (method.modality); "
+                             f"it has no {modality} encoder")
+        return self.encoder
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """One batch of the modality (B×C×T×H×W, B×1×F×T' or B×C×H×W) -> B×out_dim encoder features."""
+        return self.encoder(x)

@@ -15,7 +15,6 @@ from typing import Any, Dict
 
 import torch
 
-from avssl.losses import build_loss
 from avssl.methods import METHODS
 from avssl.methods.views import MomentumMethod, ViewsMethodConfig, pair_cosine
 
@@ -25,7 +24,6 @@ class BYOLConfig(ViewsMethodConfig):
     name: str = "byol"
     proj_hidden: int = 4096
     proj_dim: int = 256
-    proj_layers: int = 2
     pred_hidden: int = 4096
     tau_base: float = 0.996  # target EMA momentum at step 0 ...
     tau_final: float = 1.0  # ... rising along a cosine to this at the last step
@@ -34,21 +32,19 @@ class BYOLConfig(ViewsMethodConfig):
 @METHODS.register("byol")
 class BYOL(MomentumMethod):
     Config = BYOLConfig
+    loss = "byol"
+    has_predictor = True
+    augment = "byol"
 
-    def __init__(self, cfg: Any) -> None:
-        super().__init__(cfg)
-        from avssl.models.heads import PredictionHead, ProjectionHead
-
+    def __init__(self, cfg: Any, **kw: Any) -> None:
         m = cfg.method
         for key in ("tau_base", "tau_final"):
             if not 0.0 <= getattr(m, key) <= 1.0:
                 raise ValueError(f"method.{key} must be in [0, 1], got {getattr(m, key)}")
-        self.projector = ProjectionHead(self.encoder.out_dim, m.proj_hidden, m.proj_dim, num_layers=m.proj_layers)
-        self.predictor = PredictionHead(m.proj_dim, m.pred_hidden, m.proj_dim)
+        super().__init__(cfg, **kw)
         self.momentum_base, self.momentum_final = m.tau_base, m.tau_final
         self.target_encoder = self.make_target(self.encoder)
         self.target_projector = self.make_target(self.projector)
-        self.criterion = build_loss("byol")
 
     def compute_loss(self, batch: Dict[str, Any]) -> Dict[str, torch.Tensor]:
         """Loss, ``tau`` (τ of the update after this step) and ``pos_cos`` (prediction/target cosine)."""

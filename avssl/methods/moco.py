@@ -21,7 +21,6 @@ from typing import Any, Dict
 
 import torch
 
-from avssl.losses import build_loss
 from avssl.methods import METHODS
 from avssl.methods.views import MomentumMethod, ViewsMethodConfig, pair_cosine
 
@@ -29,9 +28,6 @@ from avssl.methods.views import MomentumMethod, ViewsMethodConfig, pair_cosine
 @dataclass
 class MoCoConfig(ViewsMethodConfig):
     name: str = "moco"
-    proj_hidden: int = 2048
-    proj_dim: int = 128
-    proj_layers: int = 2
     proj_batch_norm: bool = False  # MoCo v2's head has no BatchNorm
     queue_size: int = 65536
     temperature: float = 0.2
@@ -42,21 +38,22 @@ class MoCoConfig(ViewsMethodConfig):
 @METHODS.register("moco")
 class MoCo(MomentumMethod):
     Config = MoCoConfig
+    loss = "moco"
+    loss_keys = ("queue_size", "temperature")
+    augment = "moco"
 
-    def __init__(self, cfg: Any) -> None:
-        super().__init__(cfg)
-        from avssl.models.heads import ProjectionHead
-
+    def __init__(self, cfg: Any, **kw: Any) -> None:
         m = cfg.method
         if not 0.0 <= m.momentum <= 1.0:
             raise ValueError(f"method.momentum must be in [0, 1], got {m.momentum}")
-        self.projector = ProjectionHead(self.encoder.out_dim, m.proj_hidden, m.proj_dim, num_layers=m.proj_layers,
-                                        batch_norm=m.proj_batch_norm)
+        super().__init__(cfg, **kw)
         self.momentum_base = self.momentum_final = m.momentum  # constant
         self.key_encoder = self.make_target(self.encoder)
         self.key_projector = self.make_target(self.projector)
-        self.criterion = build_loss("moco", queue_size=m.queue_size, dim=m.proj_dim, temperature=m.temperature,
-                                    seed=int(cfg.seed))
+
+    def loss_kwargs(self) -> Dict[str, Any]:
+        # The queue holds projections, and its random start comes from the run's seed.
+        return {**super().loss_kwargs(), "dim": self.cfg.method.proj_dim, "seed": int(self.cfg.seed)}
 
     def compute_loss(self, batch: Dict[str, Any]) -> Dict[str, torch.Tensor]:
         """Loss and ``pos_cos`` (mean cosine between each query and its key)."""

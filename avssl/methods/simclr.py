@@ -12,7 +12,6 @@ from typing import Any, Dict
 import torch
 import torch.nn.functional as F
 
-from avssl.losses import build_loss
 from avssl.methods import METHODS
 from avssl.methods.views import MultiViewMethod, ViewsMethodConfig, pair_cosine
 
@@ -20,9 +19,6 @@ from avssl.methods.views import MultiViewMethod, ViewsMethodConfig, pair_cosine
 @dataclass
 class SimCLRConfig(ViewsMethodConfig):
     name: str = "simclr"
-    proj_hidden: int = 2048
-    proj_dim: int = 128
-    proj_layers: int = 2
     temperature: float = 0.1
     gather_distributed: bool = True  # negatives from every rank's batch
 
@@ -30,14 +26,9 @@ class SimCLRConfig(ViewsMethodConfig):
 @METHODS.register("simclr")
 class SimCLR(MultiViewMethod):
     Config = SimCLRConfig
-
-    def __init__(self, cfg: Any) -> None:
-        super().__init__(cfg)
-        from avssl.models.heads import ProjectionHead
-
-        m = cfg.method
-        self.projector = ProjectionHead(self.encoder.out_dim, m.proj_hidden, m.proj_dim, num_layers=m.proj_layers)
-        self.criterion = build_loss("nt_xent", temperature=m.temperature, gather_distributed=m.gather_distributed)
+    loss = "nt_xent"
+    loss_keys = ("temperature", "gather_distributed")
+    augment = "simclr"
 
     def compute_loss(self, batch: Dict[str, Any]) -> Dict[str, torch.Tensor]:
         """Loss, ``pos_cos`` (mean cosine of the two views' embeddings) and ``acc`` (fraction of anchors

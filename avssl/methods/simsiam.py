@@ -13,7 +13,6 @@ from typing import Any, Dict
 
 import torch
 
-from avssl.losses import build_loss
 from avssl.methods import METHODS
 from avssl.methods.views import MultiViewMethod, ViewsMethodConfig, normalized_std
 
@@ -24,22 +23,17 @@ class SimSiamConfig(ViewsMethodConfig):
     proj_hidden: int = 2048
     proj_dim: int = 2048
     proj_layers: int = 3
+    proj_last_bn: bool = True
+    proj_last_bn_affine: bool = False
     pred_hidden: int = 512
 
 
 @METHODS.register("simsiam")
 class SimSiam(MultiViewMethod):
     Config = SimSiamConfig
-
-    def __init__(self, cfg: Any) -> None:
-        super().__init__(cfg)
-        from avssl.models.heads import PredictionHead, ProjectionHead
-
-        m = cfg.method
-        self.projector = ProjectionHead(self.encoder.out_dim, m.proj_hidden, m.proj_dim, num_layers=m.proj_layers,
-                                        last_bn=True, last_bn_affine=False)
-        self.predictor = PredictionHead(m.proj_dim, m.pred_hidden, m.proj_dim)
-        self.criterion = build_loss("simsiam")
+    loss = "simsiam"
+    has_predictor = True
+    augment = "simsiam"
 
     def compute_loss(self, batch: Dict[str, Any]) -> Dict[str, torch.Tensor]:
         """Loss and ``z_std`` (collapse monitor)."""

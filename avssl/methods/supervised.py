@@ -15,16 +15,16 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from avssl.data.batch import flatten_views
 from avssl.methods import METHODS
-from avssl.methods.base import BaseMethodConfig, Method, flatten_views
+from avssl.methods.base import SingleEncoderConfig, SingleEncoderMethod
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
-class SupervisedConfig(BaseMethodConfig):
+class SupervisedConfig(SingleEncoderConfig):
     name: str = "supervised"
-    modality: str = "video"  # which encoder is trained: video or audio
     dropout: float = 0.5
     label_smoothing: float = 0.0
     # Weights that initialise the encoder: an avssl checkpoint, a published or exported weights file (format
@@ -49,36 +49,27 @@ def load_encoder_weights(encoder: nn.Module, checkpoint: str, modality: str, wha
 
 
 @METHODS.register("supervised")
-class Supervised(Method):
+class Supervised(SingleEncoderMethod):
     Config = SupervisedConfig
     modalities = ("video", "label")
+    batch_keys = ("label",)
     monitor = "val/top1"
     monitor_mode = "max"
 
-    def __init__(self, cfg: Any) -> None:
-        super().__init__(cfg)
-        m = cfg.method
+    def __init__(self, cfg: Any, **kw: Any) -> None:
         if cfg.num_classes is None:
             raise ValueError("the supervised method needs num_classes (set it in the config or let the CLI read it from the data)")
-        self.modality = m.modality
-        self.modalities = (m.modality, "label")
-        enc_cfg = cfg.model.video if m.modality == "video" else cfg.model.audio
-        encoder = self.make_encoder(enc_cfg)
+        super().__init__(cfg, **kw)
+        m = cfg.method
         if m.init_checkpoint:
-            load_encoder_weights(encoder, m.init_checkpoint, m.modality, what="method.init_checkpoint")
+            load_encoder_weights(self.encoder, m.init_checkpoint, m.modality, what="method.init_checkpoint")
             log.info("initialised the %s encoder from %s", m.modality, m.init_checkpoint)
-        setattr(self, f"{m.modality}_encoder", encoder)
         from avssl.models.heads import ClassificationHead
 
-        self.classifier = ClassificationHead(encoder.out_dim, cfg.num_classes, dropout=m.dropout)
-        self._view_dims = 5 if m.modality == "video" else 4
-
-    @property
-    def encoder(self) -> nn.Module:
-        return getattr(self, f"{self.modality}_encoder")
+        self.classifier = ClassificationHead(self.encoder.out_dim, cfg.num_classes, dropout=m.dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x: B×C×T×H×W (video) or B×1×F×T (audio) -> B×num_classes logits."""
+        """x: B×C×T×H×W (video), B×1×F×T' (audio) or B×C×H×W (image) -> B×num_classes logits."""
         return self.classifier(self.encoder(x))
 
     def on_train_epoch_start(self) -> None:
@@ -89,7 +80,7 @@ class Supervised(Method):
         self.encoder.train(not frozen)
 
     def compute_loss(self, batch: Dict[str, Any]) -> Dict[str, torch.Tensor]:
-        x, views = flatten_views(batch[self.modality], self._view_dims)
+        x, views = flatten_views(batch[self.modality], self.modality)
         labels = batch["label"].repeat_interleave(views)
         logits = self(x)
         loss = F.cross_entropy(logits.float(), labels, label_smoothing=self.cfg.method.label_smoothing)
@@ -97,7 +88,7 @@ class Supervised(Method):
         return {"loss": loss, "top1": acc}
 
     def validation_step(self, batch: Dict[str, Any], batch_idx: int) -> None:
-        x, views = flatten_views(batch[self.modality], self._view_dims)
+        x, views = flatten_views(batch[self.modality], self.modality)
         probs = self(x).float().softmax(1)
         probs = probs.view(-1, views, probs.shape[1]).mean(1)  # multi-view: mean of softmax
         labels = batch["label"]

@@ -29,7 +29,6 @@ from typing import Any, Dict, List, Optional, Tuple
 import torch
 import torch.nn.functional as F
 
-from avssl.losses import build_loss
 from avssl.losses.distributed import gather_no_grad, world_info
 from avssl.methods import METHODS
 from avssl.methods.views import MultiViewMethod, ViewsMethodConfig, pair_cosine
@@ -38,9 +37,6 @@ from avssl.methods.views import MultiViewMethod, ViewsMethodConfig, pair_cosine
 @dataclass
 class SwAVConfig(ViewsMethodConfig):
     name: str = "swav"
-    proj_hidden: int = 2048
-    proj_dim: int = 128
-    proj_layers: int = 2
     num_prototypes: int = 3000
     temperature: float = 0.1
     epsilon: float = 0.05
@@ -58,17 +54,18 @@ class SwAV(MultiViewMethod):
     queue: torch.Tensor
     queue_count: torch.Tensor
 
-    def __init__(self, cfg: Any) -> None:
-        super().__init__(cfg)
-        from avssl.models.heads import ProjectionHead, PrototypeHead
+    loss = "swav"
+    loss_keys = ("temperature", "epsilon", "sinkhorn_iterations")
+    augment = "swav"
+
+    def __init__(self, cfg: Any, **kw: Any) -> None:
+        from avssl.models.heads import PrototypeHead
 
         m = cfg.method
         if m.queue_length < 0:
             raise ValueError(f"method.queue_length must be >= 0, got {m.queue_length}")
-        self.projector = ProjectionHead(self.encoder.out_dim, m.proj_hidden, m.proj_dim, num_layers=m.proj_layers)
+        super().__init__(cfg, **kw)
         self.prototypes = PrototypeHead(m.proj_dim, m.num_prototypes)
-        self.criterion = build_loss("swav", temperature=m.temperature, epsilon=m.epsilon,
-                                    sinkhorn_iterations=m.sinkhorn_iterations, gather_distributed=True)
         self.register_buffer("queue", torch.zeros(2, m.queue_length, m.proj_dim))
         self.register_buffer("queue_count", torch.zeros((), dtype=torch.long))  # rows written, at most Q
 
@@ -123,6 +120,9 @@ class SwAV(MultiViewMethod):
             self.enqueue(z[0].detach(), z[1].detach())
         return {"loss": loss, "pos_cos": pair_cosine(z[0], z[1]),
                 "queue_used": torch.tensor(float(qs is not None), device=loss.device)}
+
+    def loss_kwargs(self) -> Dict[str, Any]:
+        return {**super().loss_kwargs(), "gather_distributed": True}  # the codes' equipartition spans all ranks
 
     def on_after_backward(self) -> None:
         if self.global_step < self.cfg.method.freeze_prototypes_iters:

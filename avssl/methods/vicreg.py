@@ -11,7 +11,6 @@ from typing import Any, Dict
 
 import torch
 
-from avssl.losses import build_loss
 from avssl.methods import METHODS
 from avssl.methods.views import MultiViewMethod, ViewsMethodConfig, pair_cosine
 
@@ -31,15 +30,9 @@ class VICRegConfig(ViewsMethodConfig):
 @METHODS.register("vicreg")
 class VICReg(MultiViewMethod):
     Config = VICRegConfig
-
-    def __init__(self, cfg: Any) -> None:
-        super().__init__(cfg)
-        from avssl.models.heads import ProjectionHead
-
-        m = cfg.method
-        self.projector = ProjectionHead(self.encoder.out_dim, m.proj_hidden, m.proj_dim, num_layers=m.proj_layers)
-        self.criterion = build_loss("vicreg", sim_coeff=m.sim_coeff, std_coeff=m.std_coeff, cov_coeff=m.cov_coeff,
-                                    gather_distributed=m.gather_distributed)
+    loss = "vicreg"
+    loss_keys = ("sim_coeff", "std_coeff", "cov_coeff", "gather_distributed")
+    augment = "vicreg"
 
     def compute_loss(self, batch: Dict[str, Any]) -> Dict[str, torch.Tensor]:
         """Loss, ``pos_cos`` (two views' cosine) and ``z_std`` (mean per-dimension std of z)."""

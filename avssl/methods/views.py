@@ -18,6 +18,12 @@ The encoder sees every view of one resolution in a single batch (and the heads a
 BatchNorm statistics span all views of the batch, as in SimCLR's and SwAV's implementations.
 Under DDP, the engine converts BatchNorm layers (encoder and heads) to SyncBatchNorm.
 
+:class:`MultiViewMethod` builds what the methods share from their config, in one place: the encoder, the
+projector (``proj_hidden``, ``proj_dim``, ``proj_layers``, ``proj_batch_norm``, ``proj_last_bn``), the
+predictor of BYOL and SimSiam (``pred_hidden``) and the criterion (the loss registry's ``loss``, with the
+config keys ``loss_keys``); each method adds its own ``compute_loss`` and paper-specific parts. Each also
+names its image view recipe (``augment``), the default of ``data.augment``.
+
 :class:`MomentumMethod` adds EMA ("momentum") copies of modules for MoCo and BYOL: after every
 optimiser step (exactly once, also with gradient accumulation) each target parameter moves as
 ``w_t ← τ·w_t + (1 − τ)·w_o``. The targets are submodules without gradients, so they are left out of
@@ -35,27 +41,24 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from avssl.config import Check
-from avssl.methods.base import BaseMethodConfig, Method
-
-#: Dimensions of one view of one sample: C×H×W (image), C×T×H×W (video), 1×F×T' (audio).
-VIEW_DIMS: Dict[str, int] = {"image": 3, "video": 4, "audio": 3}
-_LAYOUTS = {"image": "B×V×3×H×W (or a list of V tensors B×3×Hv×Wv)", "video": "B×V×C×T×H×W",
-            "audio": "B×V×1×F×T'"}
-_EXAMPLE_ENCODERS = {"image": "resnet18", "video": "r3d_18", "audio": "audio_resnet18"}
+from avssl.data.batch import split_views
+from avssl.methods.base import SingleEncoderConfig, SingleEncoderMethod
 
 
 @dataclass
-class ViewsMethodConfig(BaseMethodConfig):
+class ViewsMethodConfig(SingleEncoderConfig):
     """Keys of every multi-view method (each method overrides the defaults with its recipe's)."""
 
     modality: str = "image"  # image | video | audio: the batch entry and the encoder (model.<modality>)
     proj_hidden: int = 2048  # projector hidden width
     proj_dim: int = 128  # projector output width (the embedding the loss sees)
     proj_layers: int = 2  # Linear layers in the projector
+    proj_batch_norm: bool = True  # BatchNorm after each hidden Linear of the projector
+    proj_last_bn: bool = False  # BatchNorm after its last Linear ...
+    proj_last_bn_affine: bool = True  # ... with a learnable scale and shift
 
     # Value checks of these keys (see avssl.config.CHECKS); a subclass's own are added to them.
     checks: ClassVar[Dict[str, Check]] = {
-        "modality": Check(choices=("image", "video", "audio")),
         "proj_hidden": Check(ge=1),
         "proj_dim": Check(ge=1),
         "proj_layers": Check(ge=1),
@@ -77,49 +80,41 @@ def normalized_std(z: torch.Tensor) -> torch.Tensor:
         return F.normalize(z.detach().float(), dim=1).std(dim=0).mean()
 
 
-class MultiViewMethod(Method):
+class MultiViewMethod(SingleEncoderMethod):
     """Base of the methods that train one encoder on V ≥ 2 views of each sample.
 
-    Builds the encoder ``model.<modality>`` (reachable as ``self.encoder`` and, as in the other
-    methods, registered as ``<modality>_encoder``, so checkpoint keys read ``image_encoder.*``,
-    ``video_encoder.*`` or ``audio_encoder.*``). Subclasses build heads and implement
-    :meth:`compute_loss` from :meth:`views` and :meth:`embed`.
+    Builds the encoder ``model.<modality>`` (see :class:`~avssl.methods.base.SingleEncoderMethod`), the
+    ``projector`` from the config's ``proj_*`` keys, the ``predictor`` (``has_predictor``: a
+    ``PredictionHead(proj_dim, pred_hidden, proj_dim)``) and the ``criterion``: ``build_loss(loss, **kw)`` with
+    the method keys ``loss_keys`` (and :meth:`loss_kwargs`). Subclasses implement :meth:`compute_loss` from
+    :meth:`views` and :meth:`embed`.
     """
 
     Config = ViewsMethodConfig
     modalities: Tuple[str, ...] = ("image",)
     #: Views the objective takes: None = any number ≥ 2 (multi-crop), else exactly this many.
     num_views: Optional[int] = 2
+    #: The loss registry's name of the objective, and the method keys passed on to it under the same names.
+    loss: ClassVar[str] = ""
+    loss_keys: ClassVar[Tuple[str, ...]] = ()
+    has_predictor: ClassVar[bool] = False
 
-    def __init__(self, cfg: Any) -> None:
-        super().__init__(cfg)
+    def __init__(self, cfg: Any, **kw: Any) -> None:
+        super().__init__(cfg, **kw)
+        from avssl.losses import build_loss
+        from avssl.models.heads import PredictionHead, ProjectionHead
+
         m = cfg.method
-        modality = str(m.modality)
-        if modality not in VIEW_DIMS:
-            raise ValueError(f"method.modality must be one of {', '.join(VIEW_DIMS)}; got {modality!r}")
-        enc_cfg = getattr(cfg.model, modality, None)
-        if enc_cfg is None:
-            raise ValueError(
-                f"method {m.name!r} with method.modality={modality} needs an encoder at model.{modality}; "
-                f"it is not set (e.g. model.{modality}.name={_EXAMPLE_ENCODERS[modality]})")
-        self.modality = modality
-        self.modalities = (modality,)
-        setattr(self, f"{modality}_encoder", self.make_encoder(enc_cfg))
+        self.projector = ProjectionHead(self.encoder.out_dim, m.proj_hidden, m.proj_dim, num_layers=m.proj_layers,
+                                        batch_norm=m.proj_batch_norm, last_bn=m.proj_last_bn,
+                                        last_bn_affine=m.proj_last_bn_affine)
+        if self.has_predictor:
+            self.predictor = PredictionHead(m.proj_dim, m.pred_hidden, m.proj_dim)
+        self.criterion = build_loss(self.loss, **self.loss_kwargs())
 
-    @property
-    def encoder(self) -> nn.Module:
-        """The trained encoder (``model.<modality>``)."""
-        return getattr(self, f"{self.modality}_encoder")
-
-    def encoder_for(self, modality: str) -> nn.Module:
-        if modality != self.modality:
-            raise ValueError(
-                f"{type(self).__name__} was trained on {self.modality} (method.modality); it has no {modality} encoder")
-        return self.encoder
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """One view batch (B×C×H×W, B×C×T×H×W or B×1×F×T') -> B×out_dim encoder features."""
-        return self.encoder(x)
+    def loss_kwargs(self) -> Dict[str, Any]:
+        """Keyword arguments of the criterion: the method keys named in ``loss_keys``."""
+        return {k: getattr(self.cfg.method, k) for k in self.loss_keys}
 
     # -- views -----------------------------------------------------------------------------------
     def views(self, batch: Dict[str, Any]) -> List[torch.Tensor]:
@@ -133,22 +128,7 @@ class MultiViewMethod(Method):
         if self.modality not in batch:
             raise KeyError(f"{name}: the batch has no {self.modality!r} entry (method.modality={self.modality}); "
                            f"it holds {sorted(batch)}")
-        x = batch[self.modality]
-        d = VIEW_DIMS[self.modality]
-        if isinstance(x, (list, tuple)):
-            views = list(x)
-        elif isinstance(x, torch.Tensor) and x.dim() == d + 2:
-            views = list(x.unbind(1))
-        elif isinstance(x, torch.Tensor) and x.dim() == d + 1:
-            views = [x]
-        else:
-            shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
-            raise ValueError(f"{name}: batch[{self.modality!r}] must be {_LAYOUTS[self.modality]}, got {shape}")
-        for i, v in enumerate(views):
-            if not isinstance(v, torch.Tensor) or v.dim() != d + 1 or v.shape[0] != views[0].shape[0]:
-                shape = tuple(v.shape) if isinstance(v, torch.Tensor) else type(v).__name__
-                raise ValueError(f"{name}: view {i} of batch[{self.modality!r}] has shape {shape}; every view must "
-                                 f"be a {d + 1}-d batch with the batch size of view 0 ({views[0].shape[0]})")
+        views = split_views(batch[self.modality], self.modality, who=f"{name}: batch[{self.modality!r}]")
         if len(views) < 2:
             hint = ("set data.views=2 so that each sample brings two clips" if self.modality != "image"
                     else "use a two-view augmentation (data.augment)")
@@ -246,7 +226,6 @@ def cosine_momentum(step: int, total_steps: Optional[int], base: float, final: f
 
 
 __all__ = [
-    "VIEW_DIMS",
     "ViewsMethodConfig",
     "MultiViewMethod",
     "MomentumMethod",

@@ -11,12 +11,17 @@ SimSiam                     ``ProjectionHead(2048, 2048, 2048, num_layers=3, las
 Barlow Twins                ``ProjectionHead(2048, 8192, 8192, num_layers=3)``
 SwAV                        ``ProjectionHead(2048, 2048, 128)`` + ``PrototypeHead(128, 3000)``
 linear probe / fine-tuning  ``ClassificationHead(2048, num_classes, dropout=0.5)``
+pretext tasks               ``ItemsClassifier(D, K, classes, hidden)`` over K items' features (rotation,
+                            jigsaw, relative position, temporal order), ``PairwiseClassifier`` (VCOP),
+                            ``mlp_head`` (PIRL, tracking)
 =========================== ============================================================================
 
 BatchNorm1d layers normalise over the batch, so in training mode they need B > 1.
 """
 from __future__ import annotations
 
+import itertools
+import math
 from typing import List
 
 import torch
@@ -159,4 +164,67 @@ class ClassificationHead(nn.Module):
         return self.fc(self.dropout(x))
 
 
-__all__ = ["ProjectionHead", "PredictionHead", "PrototypeHead", "ClassificationHead"]
+def mlp_head(in_dim: int, hidden_dim: int, out_dim: int) -> ProjectionHead:
+    """Linear-ReLU-Linear without BatchNorm, B×in_dim -> B×out_dim; ``hidden_dim <= 0``: one Linear."""
+    if hidden_dim <= 0:
+        return ProjectionHead(in_dim, out_dim, out_dim, num_layers=1, batch_norm=False)
+    return ProjectionHead(in_dim, hidden_dim, out_dim, num_layers=2, batch_norm=False)
+
+
+def _check_items(x: torch.Tensor, num_items: int, feat_dim: int, who: str) -> torch.Tensor:
+    """B×K×D item features (or B×D when K = 1) -> B×K×D, or a ValueError naming the layout."""
+    if isinstance(x, torch.Tensor) and x.dim() == 2 and num_items == 1:
+        x = x[:, None]
+    if not isinstance(x, torch.Tensor) or x.dim() != 3 or x.shape[1:] != (num_items, feat_dim):
+        shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+        raise ValueError(f"{who} expects features B×{num_items}×{feat_dim}, got {shape}")
+    return x
+
+
+class ItemsClassifier(nn.Module):
+    """A classifier over the concatenated features of K items (in the order given): B×K×D -> B×num_classes.
+
+    The head of the pretext tasks that name a class from a few encoded items (the rotation of one input, the
+    permutation of 9 tiles, the neighbour of a tile, the order of 3 frames): :func:`mlp_head` of K·D inputs,
+    linear when ``hidden <= 0``. B×D is accepted for K = 1.
+    """
+
+    def __init__(self, feat_dim: int, num_items: int, num_classes: int, hidden: int = 512) -> None:
+        super().__init__()
+        if num_classes < 2 or num_items < 1 or feat_dim < 1:
+            raise ValueError(f"ItemsClassifier: need feat_dim >= 1, num_items >= 1 and num_classes >= 2, got "
+                             f"{feat_dim}, {num_items}, {num_classes}")
+        self.feat_dim, self.num_items, self.num_classes = int(feat_dim), int(num_items), int(num_classes)
+        self.mlp = mlp_head(self.feat_dim * self.num_items, hidden, self.num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """B×K×D (or B×D for K = 1) -> B×num_classes."""
+        return self.mlp(_check_items(x, self.num_items, self.feat_dim, type(self).__name__).flatten(1))
+
+
+class PairwiseClassifier(nn.Module):
+    """Clip order prediction's head (Xu et al. 2019): N items' features -> which of the N! orders.
+
+    Every pair i < j of item features is concatenated and passed through a shared Linear-ReLU (2D -> ``hidden``);
+    the N(N−1)/2 pair features are concatenated and a Linear gives the N! scores. B×N×D -> B×N!.
+    """
+
+    def __init__(self, feat_dim: int, num_items: int = 3, hidden: int = 512) -> None:
+        super().__init__()
+        if not 2 <= num_items <= 6:
+            raise ValueError(f"PairwiseClassifier: num_items must be in 2..6, got {num_items}")
+        self.feat_dim, self.num_items = int(feat_dim), int(num_items)
+        self.pairs = list(itertools.combinations(range(self.num_items), 2))
+        self.pair_mlp = nn.Sequential(nn.Linear(2 * feat_dim, hidden), nn.ReLU(inplace=True))
+        self.classifier = nn.Linear(hidden * len(self.pairs), math.factorial(self.num_items))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """B×N×D -> B×N! scores."""
+        x = _check_items(x, self.num_items, self.feat_dim, type(self).__name__)
+        i, j = zip(*self.pairs)
+        pair = torch.cat([x[:, list(i)], x[:, list(j)]], dim=2)  # B×P×2D
+        return self.classifier(self.pair_mlp(pair).flatten(1))
+
+
+__all__ = ["ProjectionHead", "PredictionHead", "PrototypeHead", "ClassificationHead", "ItemsClassifier",
+           "PairwiseClassifier", "mlp_head"]

@@ -33,6 +33,7 @@ import torch
 import torch.nn as nn
 from torchvision.models.resnet import BasicBlock, Bottleneck
 
+from avssl.data.batch import is_batch
 from avssl.models import ENCODERS
 from avssl.models.base import Encoder, init_conv_bn_
 
@@ -49,8 +50,8 @@ def stem_width(base_channels: int, width: float = 1.0) -> int:
 
 
 def check_2d_input(x: torch.Tensor, in_channels: int, who: str, what: str = "B×C×H×W image") -> None:
-    """Raise a clear ValueError unless x is a 4-D tensor with ``in_channels`` channels."""
-    if not isinstance(x, torch.Tensor) or x.dim() != 4 or x.shape[1] != in_channels:
+    """Raise a clear ValueError unless x is a B×C×H×W batch (image or spectrogram layout) with C = ``in_channels``."""
+    if not is_batch(x, "image") or x.shape[1] != in_channels:
         shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
         raise ValueError(f"{who} expects a {what} tensor with C={in_channels}, got {shape}")
 

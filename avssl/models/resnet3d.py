@@ -48,6 +48,7 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
 import torch
 import torch.nn as nn
 
+from avssl.data.batch import is_batch
 from avssl.models import ENCODERS
 from avssl.models.base import Encoder, init_conv_bn_
 from avssl.models.nonlocal_block import NonLocalBlock
@@ -94,7 +95,7 @@ def channels(base_channels: int, width: float = 1.0) -> int:
 
 def check_video_input(x: torch.Tensor, in_channels: int, who: str) -> None:
     """Raise a clear ValueError unless x is B×in_channels×T×H×W."""
-    if not isinstance(x, torch.Tensor) or x.dim() != 5 or x.shape[1] != in_channels:
+    if not is_batch(x, "video") or x.shape[1] != in_channels:
         shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
         raise ValueError(f"{who} expects a B×{in_channels}×T×H×W video tensor, got {shape}")
 

@@ -46,6 +46,7 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
 import torch
 import torch.nn as nn
 
+from avssl.data.batch import is_batch
 from avssl.models import ENCODERS
 from avssl.models.base import Encoder
 from avssl.models.resnet3d import (
@@ -197,7 +198,7 @@ class SlowFast(Encoder):
     def _check_visual(self, slow: torch.Tensor, fast: torch.Tensor) -> None:
         name = type(self).__name__
         for what, t in (("slow", slow), ("fast", fast)):
-            if not isinstance(t, torch.Tensor) or t.dim() != 5 or t.shape[1] != self.in_channels:
+            if not is_batch(t, "video") or t.shape[1] != self.in_channels:
                 shape = tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
                 raise ValueError(f"{name}: the {what} input must be B×{self.in_channels}×T×H×W, got {shape}")
         if fast.shape[2] != self.alpha * slow.shape[2]:
@@ -212,7 +213,7 @@ class SlowFast(Encoder):
         if isinstance(x, torch.Tensor):
             if self.audio_time_ratio:
                 raise ValueError(f"{name}: expects a list [slow, fast, audio], got a single tensor")
-            if x.dim() != 5 or x.shape[2] % self.alpha != 0:
+            if not is_batch(x, "video") or x.shape[2] % self.alpha != 0:
                 raise ValueError(
                     f"{name}: a single-tensor input must be B×{self.in_channels}×αT×H×W with the frame count a "
                     f"multiple of alpha={self.alpha}, got {tuple(x.shape)}"
@@ -230,7 +231,7 @@ class SlowFast(Encoder):
         if not self.audio_time_ratio:
             return [slow, fast]
         audio = x[2]
-        if not isinstance(audio, torch.Tensor) or audio.dim() != 4 or audio.shape[1] != 1:
+        if not is_batch(audio, "audio") or audio.shape[1] != 1:
             shape = tuple(audio.shape) if isinstance(audio, torch.Tensor) else type(audio).__name__
             raise ValueError(f"{name}: the audio input must be a B×1×F×T_a log-mel spectrogram, got {shape}")
         r = self.audio_time_ratio

@@ -1,7 +1,22 @@
-"""Samplers of the temporal pretext tasks: frame tuples (Shuffle and Learn) and shuffled sub-clips (VCOP).
+"""Temporal pretext tasks: order verification (Shuffle and Learn) and clip order prediction (VCOP).
 
-They work on index tensors and motion profiles only, so what a task will see — which frames, in which
-order, with which label — can be checked without a model.
+Both read clips B×C×T×H×W (``method.modality: video``) and sample their inputs inside each clip, so
+``data.num_frames`` must cover what they sample (5 frames for ``temporal_order``; N·clip_frames +
+(N−1)·gap for ``vcop``). The samplers work on index tensors and motion profiles only, so what a task will
+see — which frames, in which order, with which label — can be checked without a model.
+
+``temporal_order`` (Misra et al. 2016): five frames a < b < c < d < e of a high-motion window (frame
+differences), at random gaps; (b, c, d) or (d, c, b) is in order (label 1), (b, a, d) or (b, e, d) (or
+reversed) is not (label 0); the three items share the encoder, their features are concatenated and a
+classifier verifies the order. Keys: ``positive_ratio`` (0.25, the paper's share of positives),
+``window`` (frames of the high-motion window; None = the whole clip), ``frames_per_item`` (1: single
+frames; k > 1: k-frame clips starting at each chosen frame, for video encoders that need time), ``hidden``
+(512, the classifier's width).
+
+``vcop`` (Xu et al. 2019): N sub-clips of ``clip_frames`` frames, ``gap`` frames apart, are shuffled by one
+of the N! permutations; each is encoded, pairs of features are combined and a classifier names the
+permutation. Keys: ``num_clips`` (3), ``clip_frames`` (16 in the paper; the configs here use 2–4 on
+small CPUs), ``gap`` (8), ``hidden`` (512).
 """
 from __future__ import annotations
 
@@ -10,11 +25,15 @@ from typing import List, Optional, Tuple
 
 import torch
 
+from avssl.data.batch import is_batch
+from avssl.models.heads import ItemsClassifier, PairwiseClassifier
+from avssl.pretext.base import ITEMS_HEAD_LEGACY, PRETEXT_TASKS, ClassificationTask
+
 
 def frame_motion(x: torch.Tensor) -> torch.Tensor:
     """Clips B×C×T×H×W -> B×T motion profile: mean absolute difference of each frame to the previous one
     (frame 0 takes frame 1's value), the frame-difference measure of Shuffle and Learn's window choice."""
-    if x.dim() != 5:
+    if not is_batch(x, "video"):
         raise ValueError(f"frame_motion needs clips B×C×T×H×W, got shape {tuple(x.shape)}")
     if x.shape[2] < 2:
         return torch.zeros(x.shape[0], x.shape[2], device=x.device)
@@ -121,5 +140,83 @@ def inverse_permutation(perm: torch.Tensor) -> torch.Tensor:
     return perm.argsort(dim=-1)
 
 
+# -- the tasks --------------------------------------------------------------------------------------
+@PRETEXT_TASKS.register("temporal_order")
+class TemporalOrder(ClassificationTask):
+    """Shuffle and Learn's order verification (see the module docstring for the keys)."""
+
+    name = "temporal_order"
+    legacy_keys = ITEMS_HEAD_LEGACY
+
+    def __init__(self, feat_dim: int, positive_ratio: float = 0.25, window: Optional[int] = None,
+                 frames_per_item: int = 1, hidden: int = 512) -> None:
+        super().__init__(feat_dim)
+        if frames_per_item < 1:
+            raise ValueError(f"frames_per_item must be >= 1, got {frames_per_item}")
+        self.positive_ratio, self.window, self.frames_per_item = float(positive_ratio), window, int(frames_per_item)
+        self.head = self.make_head(feat_dim, hidden)
+
+    @staticmethod
+    def make_head(feat_dim: int, hidden: int = 512) -> ItemsClassifier:
+        """Shuffle and Learn's verification head: features of (frame, frame, frame) -> in order (1) or not (0)."""
+        return ItemsClassifier(feat_dim, 3, 2, hidden)
+
+    def sample(self, x: torch.Tensor, generator: Optional[torch.Generator] = None):
+        """clips B×C×T×H×W -> (items B×3×C×H×W or B×3×C×k×H×W, frame indices B×3, labels B)."""
+        self.check_input(x)
+        t = x.shape[2]
+        usable = t - self.frames_per_item + 1  # every item's k frames must fit in the clip
+        motion = frame_motion(x)[:, :usable]
+        idx, label = order_tuples(motion, self.positive_ratio, window=self.window, generator=generator)
+        if self.frames_per_item == 1:
+            items = gather_frames(x, idx)
+        else:
+            items = gather_clips(x, idx, self.frames_per_item)
+        return items, idx, label.to(x.device)
+
+    def sample_items(self, x: torch.Tensor, generator: Optional[torch.Generator] = None):
+        items, _, label = self.sample(x, generator)
+        return items, label
+
+
+@PRETEXT_TASKS.register("vcop")
+class ClipOrder(ClassificationTask):
+    """VCOP's clip order prediction (see the module docstring for the keys)."""
+
+    name = "vcop"
+    legacy_keys = (("loss.", "head."),)  # the pairwise head was kept inside a loss
+
+    def __init__(self, feat_dim: int, num_clips: int = 3, clip_frames: int = 16, gap: int = 8,
+                 hidden: int = 512) -> None:
+        super().__init__(feat_dim)
+        if clip_frames < 1 or gap < 0:
+            raise ValueError(f"clip_frames must be >= 1 and gap >= 0, got {clip_frames}, {gap}")
+        self.num_clips, self.clip_frames, self.gap = int(num_clips), int(clip_frames), int(gap)
+        self.register_buffer("perms", permutations(self.num_clips), persistent=False)
+        self.head = self.make_head(feat_dim, self.num_clips, hidden)
+
+    @staticmethod
+    def make_head(feat_dim: int, num_clips: int = 3, hidden: int = 512) -> PairwiseClassifier:
+        """Pairs of the N clips' features -> which of the N! orders."""
+        return PairwiseClassifier(feat_dim, num_clips, hidden)
+
+    def sample(self, x: torch.Tensor, generator: Optional[torch.Generator] = None):
+        """clips B×C×T×H×W -> (shuffled sub-clips B×N×C×L×H×W, their start frames B×N, permutation labels B).
+
+        Slot j of the shuffled sequence holds the clip originally at position ``perms[label][j]``.
+        """
+        self.check_input(x)
+        b, t = x.shape[0], x.shape[2]
+        starts = vcop_starts(t, self.num_clips, self.clip_frames, self.gap, b, generator)
+        label = (torch.rand(b, generator=generator) * len(self.perms)).long().clamp(max=len(self.perms) - 1)
+        order = self.perms.cpu()[label]  # B×N
+        shuffled = starts.gather(1, order)
+        return gather_clips(x, shuffled, self.clip_frames), shuffled, label.to(x.device)
+
+    def sample_items(self, x: torch.Tensor, generator: Optional[torch.Generator] = None):
+        items, _, label = self.sample(x, generator)
+        return items, label
+
+
 __all__: List[str] = ["frame_motion", "motion_windows", "order_tuples", "permutations", "vcop_starts",
-                      "gather_frames", "gather_clips", "inverse_permutation"]
+                      "gather_frames", "gather_clips", "inverse_permutation", "TemporalOrder", "ClipOrder"]
