@@ -111,13 +111,16 @@ class _Interner:
         return code
 
     def add_codes(self, codes: np.ndarray) -> None:
-        self.parts.append(np.asarray(codes, np.int32))
+        # Narrow as they come: a block's codes and the whole column must not be held wide at once.
+        self.parts.append(_small(np.asarray(codes), len(self.values)))
 
     def add(self, values: Iterable[Optional[str]]) -> None:
         self.add_codes(np.fromiter((self.code(v) for v in values), np.int64))
 
     def finish(self) -> _Interned:
-        codes = np.concatenate(self.parts) if self.parts else np.zeros(0, np.int64)
+        parts, self.parts = self.parts, []
+        codes = np.concatenate(parts) if parts else np.zeros(0, np.int64)
+        del parts
         return _Interned(codes, self.values)
 
 
@@ -148,7 +151,7 @@ class _NamePool:
     def add_bytes(self, data: np.ndarray, lengths: np.ndarray) -> np.ndarray:
         """Append names given as their concatenated bytes and lengths; returns their ids."""
         self.chunks.append(np.asarray(data, np.uint8))
-        self.lengths.append(np.asarray(lengths, np.int64))
+        self.lengths.append(np.asarray(lengths, np.int32))
         ids = np.arange(self.count, self.count + len(lengths), dtype=np.int64)
         self.count += len(lengths)
         return ids
@@ -159,10 +162,15 @@ class _NamePool:
                               np.fromiter((len(e) for e in encoded), np.int64, len(encoded)))
 
     def finish(self) -> _Names:
-        lengths = np.concatenate(self.lengths) if self.lengths else np.zeros(0, np.int64)
+        parts, self.lengths = self.lengths, []
+        lengths = np.concatenate(parts) if parts else np.zeros(0, np.int64)
+        del parts
         offsets = np.zeros(len(lengths) + 1, np.int64)
         np.cumsum(lengths, out=offsets[1:])
-        data = np.concatenate(self.chunks) if self.chunks else np.zeros(0, np.uint8)
+        del lengths
+        chunks, self.chunks = self.chunks, []
+        data = np.concatenate(chunks) if chunks else np.zeros(0, np.uint8)
+        del chunks
         if offsets[-1] < np.iinfo(np.uint32).max:
             offsets = offsets.astype(np.uint32)
         return _Names(offsets, data)
@@ -686,7 +694,7 @@ class _BlockReader:
                     code = index[key] = len(values)
                     values.append(v)
                 codes[k] = code
-            return "codes", codes.astype(np.int32)[inverse]
+            return "codes", _small(codes, len(values))[inverse]
         integer = col in _INT_COLUMNS
         values, parsed = _decimals(m, n, integer=integer)
         empty = n == 0
@@ -765,7 +773,8 @@ class _BlockReader:
         numbers: Dict[str, Union[np.ndarray, _Numbers]] = {}
         for col, dtype in _DTYPES.items():
             if col in self.numbers:
-                parts, values = self.numbers[col], np.array(self.distinct[col][1], dtype)
+                # Taken out of the reader: each column's blocks are freed once it is built.
+                parts, values = self.numbers.pop(col), np.array(self.distinct[col][1], dtype)
                 if all(kind == "codes" for kind, _ in parts) and len(values) <= 65536:
                     codes = np.concatenate([p for _, p in parts]) if parts else np.zeros(0, np.int64)
                     numbers[col] = _Numbers(values, _small(codes, len(values)))
@@ -788,7 +797,9 @@ class _BlockReader:
                 paths[col] = _PathColumn(_Interned(np.zeros(size, np.uint8), [None]), np.zeros(size, np.uint32),
                                          _Interned(np.zeros(size, np.uint8), [None]))
                 continue
-            stems = np.concatenate(self.stems[col]) if self.stems[col] else np.zeros(0, np.int64)
+            blocks = self.stems.pop(col)
+            stems = np.concatenate(blocks) if blocks else np.zeros(0, np.int64)
+            del blocks
             if col == "path":
                 shared = stems.astype(np.uint32)
                 stems = shared
