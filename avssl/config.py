@@ -116,6 +116,33 @@ class OptimConfig:
 
 
 @dataclass
+class DDPConfig:
+    """Settings of ``torch.nn.parallel.DistributedDataParallel`` when the run is distributed (``trainer.strategy:
+    ddp``, or ``auto`` on several devices). None leaves a setting to the strategy's name and torch's default,
+    except ``broadcast_buffers``: None turns it off for a method that keeps its buffers in sync itself (memory
+    banks, queues, pseudo-labels: ``Method.syncs_own_buffers``) and leaves it on otherwise."""
+
+    broadcast_buffers: Optional[bool] = None  # rank 0's buffers sent to every rank at every forward
+    find_unused_parameters: Optional[bool] = None
+    static_graph: Optional[bool] = None
+    gradient_as_bucket_view: Optional[bool] = None
+
+
+@dataclass
+class KnnMonitorConfig:
+    """An online kNN classifier of the trained encoder, logged as ``val/knn_top1`` (see
+    :class:`avssl.engine.telemetry.KnnMonitor`): at the end of every ``every_n_epochs``-th epoch (0: never),
+    up to ``max_videos`` labelled training videos (one centre clip each) are the neighbours of up to
+    ``max_videos`` held-out ones."""
+
+    every_n_epochs: int = 0
+    max_videos: int = 1000
+    k: int = 20
+    temperature: float = 0.07
+    modality: Optional[str] = None  # the encoder watched; default eval.modality
+
+
+@dataclass
 class TrainerConfig:
     """Passed on to ``lightning.Trainer`` (see the Lightning docs for each)."""
 
@@ -125,10 +152,14 @@ class TrainerConfig:
     devices: Any = "auto"
     num_nodes: int = 1
     strategy: str = "auto"
+    ddp: DDPConfig = field(default_factory=DDPConfig)
     precision: str = "32-true"  # 32-true | bf16-mixed | 16-mixed
     accumulate_grad_batches: int = 1
     gradient_clip_val: Optional[float] = None
     sync_batchnorm: bool = True  # only takes effect when distributed
+    channels_last: bool = False  # encoders (and 4-D/5-D inputs) in channels-last(-3d) memory format
+    compile: bool = False  # torch.compile each encoder (in place: checkpoint keys stay the same)
+    compile_kwargs: Dict[str, Any] = field(default_factory=dict)  # passed to torch.compile, e.g. {mode: max-autotune}
     log_every_n_steps: int = 10
     check_val_every_n_epoch: int = 1
     limit_train_batches: Optional[float] = None
@@ -136,7 +167,11 @@ class TrainerConfig:
     checkpoint_every_n_steps: Optional[int] = None  # besides one per epoch
     deterministic: bool = False
     progress_bar: bool = True
-    tensorboard: bool = True
+    loggers: List[str] = field(default_factory=lambda: ["csv", "tensorboard"])  # csv | tensorboard | wandb
+    tensorboard: bool = True  # false leaves tensorboard out of ``loggers`` (kept for older configs)
+    knn_monitor: KnnMonitorConfig = field(default_factory=KnnMonitorConfig)
+    # Other ``lightning.Trainer`` arguments, passed as they are (e.g. {benchmark: true, max_time: "00:12:00:00"}).
+    extra: Dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -155,6 +190,11 @@ class EvalConfig:
     linear_weight_decay: float = 0.0
     aggregation: str = "mean_softmax"  # multi-view testing: mean_softmax | mean_scores
     stages: List[str] = field(default_factory=list)  # layer-wise probes, e.g. [res2, res3, res4, res5]
+    batch_size: Optional[int] = None  # clips per extraction batch (per device); default data.batch_size
+    precision: str = "auto"  # extraction: auto (bf16 autocast on a GPU, fp32 on the CPU) | bf16 | 32
+    # The train videos' views (data.test_clips × test_crops) in the probe and kNN bank: their mean (one row per
+    # video) or every view as a row (flatten: Kinetics at 10 × 3 views is 7.2M rows).
+    train_views: str = "mean"
 
 
 @dataclass
@@ -326,6 +366,12 @@ CHECKS: Dict[str, Check] = {
     "trainer.limit_train_batches": NON_NEGATIVE,
     "trainer.limit_val_batches": NON_NEGATIVE,
     "trainer.checkpoint_every_n_steps": AT_LEAST_1,
+    "trainer.loggers": Check(choices=("csv", "tensorboard", "wandb"), each=True),
+    "trainer.knn_monitor.every_n_epochs": Check(ge=0, hint="0 turns the monitor off"),
+    "trainer.knn_monitor.max_videos": Check(ge=2, hint="videos of each part the monitor embeds"),
+    "trainer.knn_monitor.k": AT_LEAST_1,
+    "trainer.knn_monitor.temperature": POSITIVE,
+    "trainer.knn_monitor.modality": Check(choices=("video", "audio", "image")),
     "eval.protocols": Check(choices=_protocols, each=True),
     "eval.modality": Check(choices=("video", "audio", "image")),
     "eval.knn_k": AT_LEAST_1,
@@ -334,6 +380,9 @@ CHECKS: Dict[str, Check] = {
     "eval.linear_lr": POSITIVE,
     "eval.linear_weight_decay": NON_NEGATIVE,
     "eval.aggregation": Check(choices=_aggregations),
+    "eval.batch_size": Check(ge=1, hint="clips per extraction batch"),
+    "eval.precision": Check(choices=("auto", "bf16", "32")),
+    "eval.train_views": Check(choices=("mean", "flatten")),
 }
 
 
@@ -351,8 +400,18 @@ def _short_side_problem(cfg: DictConfig) -> Optional[str]:
     return None
 
 
+def _trainer_extra_problem(cfg: DictConfig) -> Optional[str]:
+    """``trainer.extra`` holds ``lightning.Trainer`` arguments that no other key sets."""
+    extra = cfg.trainer.extra
+    if not extra:
+        return None
+    from avssl.engine.trainer import trainer_extra_problem
+
+    return trainer_extra_problem(list(extra))
+
+
 #: Rules between keys: each returns a problem (naming the keys) or None.
-CROSS_CHECKS: List[Callable[[DictConfig], Optional[str]]] = [_short_side_problem]
+CROSS_CHECKS: List[Callable[[DictConfig], Optional[str]]] = [_short_side_problem, _trainer_extra_problem]
 
 
 def method_checks(method_cls: Any) -> Dict[str, Check]:
@@ -626,9 +685,11 @@ __all__ = [
     "Check",
     "Config",
     "ConfigError",
+    "DDPConfig",
     "DataConfig",
     "EncoderConfig",
     "EvalConfig",
+    "KnnMonitorConfig",
     "MethodConfig",
     "ModelConfig",
     "OptimConfig",

@@ -79,7 +79,7 @@ def test_every_benchmark_has_the_same_shape_and_options():
     from avssl.apps.bench import BENCHMARKS, Benchmark
     from avssl.apps.cli import build_parser
 
-    assert BENCHMARKS.names() == ["cma", "data", "losses", "models", "prep"]
+    assert BENCHMARKS.names() == ["cma", "data", "gpu", "kmeans", "losses", "models", "prep", "probe"]
     parser = build_parser()
     for name in BENCHMARKS.names():
         bench = BENCHMARKS.build(name)

@@ -258,8 +258,7 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
 def _run_bench(bench: Any, args: argparse.Namespace) -> int:
     from avssl.apps.bench import execute
 
-    execute(bench, args)
-    return 0
+    return bench.exit_code(execute(bench, args))
 
 
 # -- eval / extract ------------------------------------------------------------------------------
@@ -291,14 +290,19 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
 
 def _run_eval(args: argparse.Namespace) -> int:
     from avssl.config import load_config
+    from avssl.engine.sharding import process_group_from_env
     from avssl.eval import evaluate
     from avssl.eval.report import print_results_table, write_results_json
     from avssl.utils import check_writable_dir
 
     cfg = load_config(args.config, args.overrides)
     out = check_writable_dir(args.out or os.path.join(cfg.output_dir, "eval"), "--out" if args.out else "output_dir/eval")
-    rows = evaluate(cfg, args.checkpoint, protocols=args.protocol or list(cfg.eval.protocols), modality=args.modality,
-                    out_dir=out, plot=args.plot)
+    # Under torchrun every rank extracts its share of the features; rank 0 reports.
+    with process_group_from_env() as (rank, _):
+        rows = evaluate(cfg, args.checkpoint, protocols=args.protocol or list(cfg.eval.protocols),
+                        modality=args.modality, out_dir=out, plot=args.plot and rank == 0, progress=rank == 0)
+    if rank:
+        return 0
     retrieval = [r for r in rows if r.get("protocol") == "retrieval"]
     if retrieval:
         print_results_table(retrieval, title=f"video↔audio retrieval on held-out videos: {args.checkpoint}")
@@ -313,21 +317,26 @@ def _run_eval(args: argparse.Namespace) -> int:
 
 
 def _run_extract(args: argparse.Namespace) -> int:
-    import torch
-    from torch.utils.data import DataLoader
-
     from avssl.config import load_config
     from avssl.data.datamodule import make_dataset
+    from avssl.engine.sharding import process_group_from_env
     from avssl.eval import encoder_from
-    from avssl.eval.features import extract_features, save_features
+    from avssl.eval.features import amp_dtype_for, extract_dataset, save_features
+    from avssl.eval.protocols import eval_device
 
     cfg = load_config(args.config, args.overrides)
     output_file(args.output, "--output")
     encoder = encoder_from(cfg, args.checkpoint, args.modality)
     ds = make_dataset(cfg, args.part, train=False, needs_audio=args.modality == "audio")
-    loader = DataLoader(ds, batch_size=cfg.data.batch_size, num_workers=cfg.data.num_workers)
-    feats = extract_features(encoder, loader, device="cuda" if torch.cuda.is_available() else "cpu",
-                             modality=args.modality, stages=args.stages or None)
+    # Under torchrun every rank extracts its share; rank 0 writes the whole file.
+    with process_group_from_env() as (rank, _):
+        dev = eval_device()
+        feats = extract_dataset(encoder, ds, batch_size=int(cfg.eval.batch_size or cfg.data.batch_size),
+                                num_workers=int(cfg.data.num_workers), device=dev, modality=args.modality,
+                                stages=args.stages or None, amp_dtype=amp_dtype_for(cfg.eval.precision, dev),
+                                progress=rank == 0)
+    if rank:
+        return 0
     feats["paths"] = [r.path for r in ds.rows]
     save_features(args.output, feats)
     log.info("wrote %s (%d views of %d videos)", args.output, len(feats["labels"]), len(ds))

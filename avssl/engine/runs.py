@@ -16,6 +16,8 @@ from lightning.pytorch.utilities.model_helpers import is_overridden
 from omegaconf import OmegaConf
 
 from avssl.config import build_config, to_dict
+from avssl.engine.speed import apply_speed_options
+from avssl.engine.telemetry import KnnMonitor
 from avssl.engine.trainer import TrainingInterrupted, build_trainer
 from avssl.errors import UserError
 from avssl.utils import atomic_write_text
@@ -88,8 +90,13 @@ def fit(
     # A method without a validation step would only have its validation set decoded for nothing.
     validates = is_overridden("validation_step", method)
     dm = VideoDataModule(cfg, modalities=tuple(dict.fromkeys((*method.modalities, *extra))), validate=validates)
-    trainer = build_trainer(cfg, monitor=method.monitor, mode=method.monitor_mode, callbacks=extra_callbacks,
-                            **(trainer_overrides or {}))
+    callbacks = apply_speed_options(method, cfg.trainer)
+    knn = KnnMonitor.from_config(cfg)
+    if knn is not None:
+        callbacks.append(knn)
+    trainer = build_trainer(cfg, monitor=method.monitor, mode=method.monitor_mode,
+                            callbacks=[*callbacks, *(extra_callbacks or [])],
+                            syncs_own_buffers=method.syncs_own_buffers, **(trainer_overrides or {}))
     last = os.path.join(ckpt_dir, LAST)
     if ckpt:
         log.info("resuming from %s", ckpt)
@@ -114,14 +121,15 @@ def fit(
 #: The run's config as trained, in its ``output_dir``.
 CONFIG_FILE = "config.yaml"
 
-#: Keys that may change when a run is resumed: how long it trains, where and how fast it runs, what it logs,
-#: how often it saves, and evaluation settings (test views too). A prefix covers the keys under it.
+#: Keys that may change when a run is resumed: how long it trains, where and how fast it runs, what it logs and
+#: monitors, how often it saves, and evaluation settings (test views too). A prefix covers the keys under it.
 RESUMABLE_CHANGES = (
     "output_dir", "eval",
     "trainer.max_epochs", "trainer.max_steps", "trainer.accelerator", "trainer.devices", "trainer.num_nodes",
-    "trainer.strategy", "trainer.sync_batchnorm", "trainer.precision", "trainer.log_every_n_steps",
+    "trainer.strategy", "trainer.ddp", "trainer.sync_batchnorm", "trainer.precision", "trainer.channels_last",
+    "trainer.compile", "trainer.compile_kwargs", "trainer.log_every_n_steps",
     "trainer.check_val_every_n_epoch", "trainer.limit_val_batches", "trainer.checkpoint_every_n_steps",
-    "trainer.deterministic", "trainer.progress_bar", "trainer.tensorboard",
+    "trainer.deterministic", "trainer.progress_bar", "trainer.tensorboard", "trainer.loggers", "trainer.knn_monitor",
     "data.num_workers", "data.backend", "data.video_root", "data.max_failure_fraction", "data.test_clips",
     "data.test_crops",
 )

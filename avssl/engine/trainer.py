@@ -172,34 +172,65 @@ def _slurm_requeue() -> None:
         log.warning("scontrol requeue %s failed (%d): %s", job, result.returncode, result.stderr.strip())
 
 
+#: ``lightning.Trainer`` arguments that avssl sets itself: ``trainer.extra`` may not hold them.
+ENGINE_TRAINER_ARGS = ("logger", "callbacks", "plugins", "default_root_dir", "use_distributed_sampler",
+                       "enable_progress_bar", "enable_model_summary")
+#: ``lightning.Trainer`` arguments that have a key of their own (``trainer.<key>``); ``enable_progress_bar``
+#: is ``trainer.progress_bar``.
+CONFIG_TRAINER_ARGS = ("max_epochs", "max_steps", "accelerator", "devices", "num_nodes", "strategy", "precision",
+                       "accumulate_grad_batches", "gradient_clip_val", "sync_batchnorm", "log_every_n_steps",
+                       "check_val_every_n_epoch", "limit_train_batches", "limit_val_batches", "deterministic")
+
+
+def trainer_extra_problem(keys: List[str]) -> Optional[str]:
+    """What is wrong with ``trainer.extra`` holding ``keys``, or None: each must be a ``lightning.Trainer``
+    argument that neither another config key nor avssl sets."""
+    import difflib
+    import inspect
+
+    known = [p for p in inspect.signature(Trainer.__init__).parameters if p != "self"]
+    for key in keys:
+        if key in CONFIG_TRAINER_ARGS:
+            return f"trainer.extra.{key}: set trainer.{key} instead"
+        if key in ENGINE_TRAINER_ARGS:
+            what = {"logger": "trainer.loggers", "enable_progress_bar": "trainer.progress_bar"}.get(key)
+            return f"trainer.extra.{key} is set by avssl" + (f"; use {what}" if what else "")
+        if key not in known:
+            close = difflib.get_close_matches(key, known, n=3, cutoff=0.6)
+            hint = f" (nearest: {', '.join(close)})" if close else ""
+            return f"trainer.extra.{key} is not an argument of lightning.Trainer{hint}"
+    return None
+
+
 def build_trainer(
     cfg: Any,
     output_dir: Optional[str] = None,
     callbacks: Optional[List[Callback]] = None,
     monitor: Optional[str] = None,
     mode: str = "min",
+    syncs_own_buffers: bool = False,
     **overrides: Any,
 ) -> Trainer:
-    """A ``lightning.Trainer`` from ``cfg.trainer``, logging to ``output_dir`` (TensorBoard + CSV),
-    saving ``last.ckpt`` and the one before (every epoch, every ``checkpoint_every_n_steps``, and on a stop
-    signal: see :class:`LastCheckpoint`) and the best by the method's monitored metric."""
-    from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+    """A ``lightning.Trainer`` from ``cfg.trainer``, logging to ``output_dir`` (``trainer.loggers``: CSV,
+    TensorBoard, Weights & Biases), saving ``last.ckpt`` and the one before (every epoch, every
+    ``checkpoint_every_n_steps``, and on a stop signal: see :class:`LastCheckpoint`) and the best by the method's
+    monitored metric, measuring throughput (:class:`~avssl.engine.telemetry.Throughput`).
+
+    A distributed run gets a ``DDPStrategy`` built from ``trainer.strategy`` and ``trainer.ddp``
+    (:func:`build_strategy`; ``syncs_own_buffers``: the method keeps its buffers in sync itself, so they are not
+    broadcast). ``trainer.extra`` is passed on as it is; ``overrides`` win over everything.
+    """
+    from avssl.engine.telemetry import RunProgressBar, Throughput
 
     t = cfg.trainer
     output_dir = output_dir or cfg.output_dir
     os.makedirs(output_dir, exist_ok=True)
-    # One version folder per launch (logs/version_N), so a resumed run never overwrites earlier logs.
-    loggers: List[Any] = [CSVLogger(output_dir, name="logs")]
-    if t.tensorboard:
-        try:
-            loggers.append(TensorBoardLogger(output_dir, name="tb"))
-        except ModuleNotFoundError:
-            log.info("tensorboard is not installed; logging to CSV only")
     ckpt_dir = os.path.join(output_dir, "checkpoints")
     cbs: List[Callback] = [
         # last.ckpt (and the one before) for resuming: every epoch, every checkpoint_every_n_steps, on a signal.
         LastCheckpoint(ckpt_dir, every_n_steps=t.checkpoint_every_n_steps),
         LearningRateMonitor(logging_interval="step"),
+        Throughput(window=t.log_every_n_steps),
     ]
     if monitor:
         # The best by the method's monitored metric, checked when it is computed (validation).
@@ -208,9 +239,7 @@ def build_trainer(
                             save_top_k=1, save_last=False, auto_insert_metric_name=False)
         )
     if t.progress_bar:
-        from lightning.pytorch.callbacks import RichProgressBar
-
-        cbs.append(RichProgressBar(leave=True))
+        cbs.append(RunProgressBar(leave=True))
     cbs.extend(callbacks or [])
     kwargs: Dict[str, Any] = dict(
         max_epochs=t.max_epochs,
@@ -218,17 +247,17 @@ def build_trainer(
         accelerator=t.accelerator,
         devices=t.devices,
         num_nodes=t.num_nodes,
-        strategy=t.strategy,
+        strategy=build_strategy(t, syncs_own_buffers),
         precision=t.precision,
         accumulate_grad_batches=t.accumulate_grad_batches,
         gradient_clip_val=t.gradient_clip_val,
         # torch's SyncBatchNorm runs on CUDA only; CPU (gloo) runs keep per-process statistics.
-        sync_batchnorm=t.sync_batchnorm and (t.num_nodes > 1 or _multi_device(t.devices)) and _on_gpu(t.accelerator),
+        sync_batchnorm=t.sync_batchnorm and _distributed(t) and _on_gpu(t.accelerator),
         log_every_n_steps=t.log_every_n_steps,
         check_val_every_n_epoch=t.check_val_every_n_epoch,
         deterministic=t.deterministic,
         enable_progress_bar=t.progress_bar,
-        logger=loggers,
+        logger=build_loggers(t, output_dir),
         callbacks=cbs,
         default_root_dir=output_dir,
         plugins=[AtomicCheckpointIO()],
@@ -239,8 +268,77 @@ def build_trainer(
         kwargs["limit_train_batches"] = t.limit_train_batches
     if t.limit_val_batches is not None:
         kwargs["limit_val_batches"] = t.limit_val_batches
+    kwargs.update(dict(t.extra or {}))
     kwargs.update(overrides)
     return Trainer(**kwargs)
+
+
+def build_loggers(t: Any, output_dir: str) -> List[Any]:
+    """The loggers ``trainer.loggers`` names, writing under ``output_dir``; one version folder per launch
+    (``logs/version_N``, ``tb/version_N``), so a resumed run never overwrites earlier logs.
+
+    TensorBoard is left out when ``trainer.tensorboard`` is false (older configs) or it is not installed (logged);
+    ``wandb`` not installed is a :class:`~avssl.errors.UserError`: the config asked for it by name.
+    """
+    from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+
+    from avssl.errors import UserError
+
+    loggers: List[Any] = []
+    for name in dict.fromkeys(t.loggers):
+        if name == "csv":
+            loggers.append(CSVLogger(output_dir, name="logs"))
+        elif name == "tensorboard" and t.tensorboard:
+            try:
+                loggers.append(TensorBoardLogger(output_dir, name="tb"))
+            except ModuleNotFoundError:
+                log.info("tensorboard is not installed; not logging to TensorBoard")
+        elif name == "wandb":
+            try:
+                import wandb  # noqa: F401
+            except ModuleNotFoundError:
+                raise UserError("trainer.loggers names wandb, which is not installed: pip install 'avssl[wandb]' "
+                                "(or leave wandb out of trainer.loggers)") from None
+            from lightning.pytorch.loggers import WandbLogger
+
+            loggers.append(WandbLogger(save_dir=output_dir, name=os.path.basename(os.path.abspath(output_dir)),
+                                       project=os.environ.get("WANDB_PROJECT", "avssl")))
+    return loggers
+
+
+def build_strategy(t: Any, syncs_own_buffers: bool = False) -> Any:
+    """``trainer.strategy`` as Lightning takes it: a ``DDPStrategy`` set from ``trainer.ddp`` when the run uses
+    DDP (``ddp`` and its variants, or ``auto`` on several devices or nodes), else the name itself.
+
+    ``trainer.ddp.broadcast_buffers`` left unset (None) is False when ``syncs_own_buffers`` — DDP would otherwise
+    send every buffer of rank 0 (an AudioSet run's two memory banks: 1.8 GB) to every rank at every step.
+    """
+    from lightning.pytorch.strategies import DDPStrategy, StrategyRegistry
+
+    from avssl.config import ConfigError
+
+    ddp = {k: v for k, v in dict(t.ddp or {}).items() if v is not None}
+    name = str(t.strategy)
+    if name == "auto":
+        if not _distributed(t):
+            return name
+        name = "ddp"
+    # The registry's get() builds the strategy; its entry (class and arguments) is the dict item itself.
+    entry = dict.get(StrategyRegistry, name)
+    if entry is None or not issubclass(entry["strategy"], DDPStrategy):
+        if ddp:
+            raise ConfigError(f"trainer.ddp applies to DDP strategies (ddp, ddp_spawn, ...); trainer.strategy is {name!r}")
+        return name
+    kwargs = dict(entry["init_params"])
+    if "broadcast_buffers" not in ddp and syncs_own_buffers:
+        ddp["broadcast_buffers"] = False
+    kwargs.update(ddp)
+    return entry["strategy"](**kwargs)
+
+
+def _distributed(t: Any) -> bool:
+    """Whether ``trainer`` runs several processes: several nodes, or several devices."""
+    return t.num_nodes > 1 or _device_count(t.devices, t.accelerator) > 1
 
 
 def _on_gpu(accelerator: str) -> bool:
@@ -249,9 +347,19 @@ def _on_gpu(accelerator: str) -> bool:
     return accelerator == "auto" and torch.cuda.is_available()
 
 
-def _multi_device(devices: Any) -> bool:
+def _device_count(devices: Any, accelerator: str) -> int:
     if isinstance(devices, int):
-        return devices > 1 or devices == -1
-    if isinstance(devices, (list, tuple)):
-        return len(devices) > 1
-    return str(devices) not in ("auto", "1")
+        if devices == -1:
+            return torch.cuda.device_count() if _on_gpu(accelerator) else 1
+        return devices
+    if isinstance(devices, (list, tuple)) or type(devices).__name__ == "ListConfig":
+        return len(devices)
+    text = str(devices).strip()
+    if text in ("auto", "-1"):
+        return torch.cuda.device_count() if _on_gpu(accelerator) else 1
+    if "," in text:
+        return len([d for d in text.split(",") if d.strip()])
+    try:
+        return int(text)
+    except ValueError:
+        return 1

@@ -4,7 +4,7 @@
 ``layerwise``, ``finetune``, ``retrieval``) and returns their rows. Figures live in :mod:`avssl.eval.plots`
 (imported on demand: it needs matplotlib).
 """
-from avssl.eval.features import extract_features, load_features, pool_stage, save_features
+from avssl.eval.features import extract_dataset, extract_features, load_features, pool_stage, save_features
 from avssl.eval.knn import knn_evaluate, knn_predict
 from avssl.eval.linear import LinearProbe, layerwise_linear_probe, linear_evaluate, probe_predict, train_linear_probe
 from avssl.eval.metrics import (
@@ -29,6 +29,7 @@ __all__ = [
     "aggregate_views",
     "clip_and_video_metrics",
     "confusion_matrix",
+    "extract_dataset",
     "extract_features",
     "knn_evaluate",
     "knn_predict",

@@ -88,6 +88,7 @@ def extract_features(
     sample_ndim: Optional[int] = None,
     progress: bool = True,
     max_batches: Optional[int] = None,
+    first_index: int = 0,
 ) -> Dict[str, Any]:
     """Run the frozen ``encoder`` over ``loader`` and collect its features.
 
@@ -107,7 +108,8 @@ def extract_features(
 
     Returns ``{"features": N×D float32 (or {stage or modality: N×D}), "labels": N long (−1 where the batch has
     none), "index": N long (video index; a running count when the batch has none), "view": N long,
-    "meta": dict}``, all on the CPU, rows in loader order.
+    "meta": dict}``, all on the CPU, rows in loader order. A batch without ``index`` is numbered from
+    ``first_index`` on.
     """
     if isinstance(stages, str) and stages != "all":
         stages = [stages]
@@ -142,7 +144,7 @@ def extract_features(
     index: List[torch.Tensor] = []
     view_ids: List[torch.Tensor] = []
     stage_names: Optional[List[str]] = None if stages in (None, "all") else list(stages)  # type: ignore[arg-type]
-    seen = n_clips = 0
+    seen, n_clips = int(first_index), 0
     bar = _progress(total, progress)
     try:
         for enc in encoders.values():
@@ -229,6 +231,46 @@ def extract_features(
             "pool_dim": pool_dim,
         },
     }
+
+
+def extract_dataset(
+    encoder: Union[nn.Module, Mapping[str, nn.Module]],
+    dataset: Any,
+    *,
+    batch_size: int,
+    num_workers: int = 0,
+    progress: bool = True,
+    **kwargs: Any,
+) -> Dict[str, Any]:
+    """:func:`extract_features` over every item of ``dataset``, sharded across ranks under ``torch.distributed``.
+
+    Each rank embeds its contiguous share (:func:`avssl.engine.sharding.run_sharded`) with a loader of
+    ``batch_size`` and ``num_workers``, and every rank returns all the rows, in dataset order, as one process
+    would; the progress bar shows on rank 0 only. ``kwargs`` go to :func:`extract_features` (``device``,
+    ``modality``, ``stages``, ``views``, ``amp_dtype``, ``pool_dim``, ``max_batches``).
+    """
+    from torch.utils.data import DataLoader
+
+    from avssl.engine.sharding import run_sharded
+    from avssl.losses.distributed import world_info
+
+    show = progress and world_info()[0] == 0
+
+    def embed(share: Any, start: int) -> Dict[str, Any]:
+        loader = DataLoader(share, batch_size=int(batch_size), shuffle=False, num_workers=int(num_workers))
+        return extract_features(encoder, loader, progress=show, first_index=start, **kwargs)
+
+    return run_sharded(dataset, embed)
+
+
+def amp_dtype_for(precision: str, device: Device) -> Optional[torch.dtype]:
+    """The autocast dtype of ``eval.precision`` on ``device``: ``auto`` is bf16 on a GPU and none (fp32) on the
+    CPU, ``bf16`` is bf16 anywhere, ``32`` none."""
+    if precision == "bf16" or (precision == "auto" and torch.device(device).type == "cuda"):
+        return torch.bfloat16
+    if precision in ("auto", "32"):
+        return None
+    raise ValueError(f"eval.precision must be auto, bf16 or 32, got {precision!r}")
 
 
 def save_features(path: PathLike, feats: Dict[str, Any]) -> None:

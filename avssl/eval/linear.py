@@ -2,8 +2,9 @@
 
 The probe is BatchNorm-free: the train mean and standard deviation are buffers of the probe, so the
 same affine map is applied at test time and saved with ``state_dict``. Training is full-precision
-mini-batch SGD (momentum, default) or AdamW with a per-step cosine schedule and optional linear warm-up;
-small problems (a few thousand × a few thousand) train on the CPU in seconds. Everything random (weight
+mini-batch SGD (momentum, default) or AdamW with a per-step cosine schedule and optional linear warm-up, on
+``device`` (the GPU when evaluation has one); small problems (a few thousand × a few thousand) train on the CPU in
+seconds, and the features are not copied when they are already fp32 on that device. Everything random (weight
 init, shuffling) comes from one ``torch.Generator`` seeded with ``seed``.
 """
 from __future__ import annotations
@@ -40,11 +41,18 @@ class LinearProbe(nn.Module):
     def num_classes(self) -> int:
         return self.linear.out_features
 
-    def set_statistics(self, feats: torch.Tensor) -> None:
-        """Store the per-dimension mean and (biased) std of ``feats`` (N×D)."""
-        feats = feats.double()
-        mean = feats.mean(dim=0)
-        std = feats.std(dim=0, unbiased=False)
+    def set_statistics(self, feats: torch.Tensor, chunk_size: int = 8192) -> None:
+        """Store the per-dimension mean and (biased) std of ``feats`` (N×D), accumulated in fp64 over row chunks
+        (no fp64 copy of the whole matrix: 240k × 512 would be another 1 GB)."""
+        n = feats.shape[0]
+        mean = torch.zeros(feats.shape[1], dtype=torch.float64, device=feats.device)
+        for s in range(0, n, chunk_size):
+            mean += feats[s:s + chunk_size].double().sum(0)
+        mean /= n
+        var = torch.zeros_like(mean)
+        for s in range(0, n, chunk_size):  # two passes: the centred sum of squares loses nothing to cancellation
+            var += (feats[s:s + chunk_size].double() - mean).square_().sum(0)
+        std = (var / n).sqrt()
         std = torch.where(std < _MIN_STD, torch.ones_like(std), std)
         self.mean.copy_(mean.to(self.mean.dtype))
         self.std.copy_(std.to(self.std.dtype))
@@ -71,9 +79,14 @@ def _check_xy(feats: torch.Tensor, labels: torch.Tensor, num_classes: int, name:
             f"{name}_labels must lie in [0, {num_classes}); found [{labels.min().item()}, {labels.max().item()}] "
             "(drop unlabelled samples, label -1)"
         )
-    if not torch.isfinite(feats).all():
+    if not _all_finite(feats):
         raise ValueError(f"{name}_feats contains NaN or infinite values")
     return feats, labels
+
+
+def _all_finite(x: torch.Tensor, chunk_size: int = 8192) -> bool:
+    """Whether every entry of ``x`` is finite, checked in row chunks (``isfinite`` makes a full-size temporary)."""
+    return all(bool(torch.isfinite(x[s:s + chunk_size]).all()) for s in range(0, x.shape[0], chunk_size))
 
 
 def cosine_factor(step: int, total_steps: int, warmup_steps: int = 0) -> float:
@@ -172,7 +185,9 @@ def train_linear_probe(
     for epoch in range(epochs):
         probe.train()
         order = torch.randperm(n, generator=gen).to(device)
-        loss_sum, hits = 0.0, 0
+        # Summed on the device and read once per epoch: a .item() per step would wait for the GPU every step.
+        loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+        hits = torch.zeros((), dtype=torch.long, device=device)
         for i in range(0, n, batch_size):
             idx = order[i : i + batch_size]
             logits = probe(x_all[idx])
@@ -181,13 +196,13 @@ def train_linear_probe(
             loss.backward()
             opt.step()
             sched.step()
-            loss_sum += loss.item() * idx.shape[0]
-            hits += (logits.detach().argmax(1) == y_all[idx]).sum().item()
+            loss_sum += loss.detach().double() * idx.shape[0]
+            hits += (logits.detach().argmax(1) == y_all[idx]).sum()
         row: Dict[str, float] = {
             "epoch": epoch + 1,
             "lr": opt.param_groups[0]["lr"],
-            "train_loss": loss_sum / n,
-            "train_top1": hits / n,
+            "train_loss": float(loss_sum) / n,
+            "train_top1": int(hits) / n,
         }
         if has_val:
             logits = probe_predict(probe, val_feats, device=device)

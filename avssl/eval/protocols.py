@@ -17,9 +17,13 @@ A protocol is a function ``(cfg, checkpoint, **opts) -> list of rows`` registere
 (``checkpoint=None``: a randomly initialised encoder). :func:`evaluate` runs several and returns all their
 rows; the frozen-feature protocols of one call share one extraction (:class:`FrozenFeatures`).
 
-Frozen features use K = ``data.test_clips`` uniformly spaced clips × ``data.test_crops`` crops per video; the
-probe trains on every view of the train videos, and test views are aggregated per video
-(``eval.aggregation``).
+Frozen features use K = ``data.test_clips`` uniformly spaced clips × ``data.test_crops`` crops per video. The
+probe and the kNN bank take the mean of each train video's views (``eval.train_views: mean``, one row per video;
+``flatten`` keeps every view as a row), and test views are aggregated per video (``eval.aggregation``).
+
+Features are extracted on the GPU when there is one, under bf16 autocast there (``eval.precision``), in batches
+of ``eval.batch_size`` clips, split across ranks when launched by torchrun
+(:func:`~avssl.eval.features.extract_dataset`); the linear probe and the kNN classifier run on the same device.
 """
 from __future__ import annotations
 
@@ -41,8 +45,11 @@ def available_protocols() -> List[str]:
     return PROTOCOLS.names(sort=False)
 
 
-def _device() -> str:
-    return "cuda" if torch.cuda.is_available() else "cpu"
+def eval_device() -> torch.device:
+    """Where evaluation runs: this process's GPU when there is one (``cuda:LOCAL_RANK`` under torchrun), else the CPU."""
+    if not torch.cuda.is_available():
+        return torch.device("cpu")
+    return torch.device("cuda", int(os.environ.get("LOCAL_RANK", torch.cuda.current_device())))
 
 
 def encoder_from(cfg: Any, checkpoint: Optional[str], modality: str) -> Any:
@@ -103,15 +110,20 @@ class FrozenFeatures:
 
     def get(self) -> Extracted:
         if self._extracted is None:
-            from avssl.eval.features import extract_features
+            from avssl.data.datamodule import make_dataset
+            from avssl.eval.features import amp_dtype_for, extract_dataset
 
-            cfg, modality = self.cfg, self.modality
+            cfg, modality, e = self.cfg, self.modality, self.cfg.eval
             encoder = encoder_from(cfg, self.checkpoint, modality)
-            train_loader, train_ds = eval_loader(cfg, "train", modality)
-            test_loader, test_ds = eval_loader(cfg, "val", modality)
-            stages = list(cfg.eval.stages) or None
-            tr, te = (extract_features(encoder, loader, device=_device(), modality=modality, stages=stages,
-                                       progress=self.progress) for loader in (train_loader, test_loader))
+            train_ds, test_ds = (make_dataset(cfg, part, train=False, needs_audio=modality == "audio")
+                                 for part in ("train", "val"))
+            stages = list(e.stages) or None
+            dev = eval_device()
+            common = dict(batch_size=int(e.batch_size or cfg.data.batch_size), num_workers=int(cfg.data.num_workers),
+                          device=dev, modality=modality, stages=stages, amp_dtype=amp_dtype_for(e.precision, dev),
+                          progress=self.progress)
+            tr = extract_dataset(encoder, train_ds, views=e.train_views, **common)
+            te = extract_dataset(encoder, test_ds, views="flatten", **common)
             num_classes = int(cfg.num_classes or (max(max(train_ds.labels), max(test_ds.labels)) + 1))
             self._extracted = Extracted(tr, te, num_classes, test_ds, stages)
         return self._extracted
@@ -165,7 +177,8 @@ def linear(x: Extracted, cfg: Any) -> Dict[str, Any]:
     e = cfg.eval
     return linear_evaluate(x.pick(x.train["features"]), x.train["labels"], x.pick(x.test["features"]),
                            x.test["labels"], x.num_classes, test_video_index=x.test["index"], mode=e.aggregation,
-                           epochs=e.linear_epochs, lr=e.linear_lr, weight_decay=e.linear_weight_decay, seed=cfg.seed)
+                           epochs=e.linear_epochs, lr=e.linear_lr, weight_decay=e.linear_weight_decay, seed=cfg.seed,
+                           device=eval_device())
 
 
 @frozen_protocol("knn")
@@ -175,7 +188,8 @@ def knn(x: Extracted, cfg: Any) -> Dict[str, Any]:
 
     e = cfg.eval
     return knn_evaluate(x.pick(x.train["features"]), x.train["labels"], x.pick(x.test["features"]), x.test["labels"],
-                        x.num_classes, k=e.knn_k, temperature=e.knn_temperature, test_video_index=x.test["index"])
+                        x.num_classes, k=e.knn_k, temperature=e.knn_temperature, test_video_index=x.test["index"],
+                        device=eval_device())
 
 
 @frozen_protocol("folds")
@@ -192,7 +206,7 @@ def folds(x: Extracted, cfg: Any) -> Dict[str, Any]:
     fold = stratified_folds(video_labels.tolist(), folds=5, seed=cfg.seed)[index]
     m = cross_validated_linear_probe(feats, labels, x.num_classes, fold, video_index=index, mode=e.aggregation,
                                      epochs=e.linear_epochs, lr=e.linear_lr, weight_decay=e.linear_weight_decay,
-                                     seed=cfg.seed)
+                                     seed=cfg.seed, device=eval_device())
     m.update({"video_top5": float("nan"), "mean_class_accuracy": float("nan")})
     return m
 
@@ -208,7 +222,7 @@ def layerwise(cfg: Any, checkpoint: Optional[str], **opts: Any) -> List[Row]:
     x, e = f.get(), cfg.eval
     per_stage = layerwise_linear_probe(x.train["features"], x.train["labels"], x.test["features"], x.test["labels"],
                                        x.num_classes, test_video_index=x.test["index"], mode=e.aggregation,
-                                       epochs=e.linear_epochs, lr=e.linear_lr, seed=cfg.seed)
+                                       epochs=e.linear_epochs, lr=e.linear_lr, seed=cfg.seed, device=eval_device())
     return [f.row(f"linear@{stage}", m) for stage, m in per_stage.items()]
 
 
@@ -282,5 +296,6 @@ def evaluate(
     return rows
 
 
-__all__ = ["PROTOCOLS", "FrozenFeatures", "available_protocols", "encoder_from", "eval_loader", "evaluate", "folds",
+__all__ = ["PROTOCOLS", "FrozenFeatures", "available_protocols", "encoder_from", "eval_device", "eval_loader",
+           "evaluate", "folds",
            "finetune", "knn", "layerwise", "linear", "retrieval"]

@@ -112,7 +112,8 @@ def _bank_scores(
     if neg_idx is not None:
         neg = (w[neg_idx].float() * anchor.unsqueeze(1)).sum(-1) / temperature
         return _Term(pos, neg)
-    neg = anchor @ w.float().t() / temperature
+    # A copy: the banks are updated in place after the loss, before backward needs the rows it multiplied.
+    neg = anchor @ w.to(torch.float32, copy=True).t() / temperature
     valid = torch.ones_like(neg, dtype=torch.bool)
     ex = exclude.to(neg.device, torch.long)
     keep = (ex >= 0) & (ex < bank.size)

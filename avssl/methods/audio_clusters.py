@@ -5,9 +5,11 @@ statistics of each video's sound and train the visual network to predict the clu
 no labels are used. Here the sound is summarised by a fixed audio encoder (``model.audio``: a
 pretrained one via ``method.audio_checkpoint``, or a randomly initialised conv net, whose features of
 distinctive sounds already group them), the clusters are k-means over the training videos' audio
-features (``num_clusters``, recomputed every ``recluster_every_epochs`` if > 0), and the video encoder
-+ a linear classifier learn the cluster ids with cross-entropy. The pseudo-labels are a buffer, so
-checkpoints and resumed runs keep them.
+features (``num_clusters``, recomputed every ``recluster_every_epochs`` if > 0; :func:`avssl.cluster.kmeans`
+on the method's device), and the video encoder + a linear classifier learn the cluster ids with cross-entropy.
+The pseudo-labels are a buffer, so checkpoints and resumed runs keep them. Under DDP the sounds are embedded
+rank by rank (each its share of the videos) and rank 0's clusters are sent to every rank, so the ranks keep
+the same pseudo-labels without DDP's buffer broadcast.
 """
 from __future__ import annotations
 
@@ -18,7 +20,9 @@ from typing import Any, Dict, Optional
 import torch
 import torch.nn.functional as F
 
+from avssl.cluster import kmeans
 from avssl.data.batch import flatten_views
+from avssl.losses.distributed import world_info
 from avssl.methods import METHODS
 from avssl.methods.audiovisual import AudioVisualMethod
 from avssl.methods.base import BaseMethodConfig
@@ -37,40 +41,12 @@ class AudioClustersConfig(BaseMethodConfig):
     audio_checkpoint: Optional[str] = None  # a checkpoint whose audio encoder summarises the sound
 
 
-def kmeans(x: torch.Tensor, k: int, iterations: int = 50, restarts: int = 5, seed: int = 0) -> torch.Tensor:
-    """Lloyd's k-means with k-means++ seeding on N×D ``x``; the labels (N, long) of the restart with
-    the lowest within-cluster sum of squares. Deterministic given ``seed``."""
-    n = x.shape[0]
-    if not 1 <= k <= n:
-        raise ValueError(f"k-means needs 1 <= k <= N, got k={k} for N={n}")
-    x = x.double()
-    g = torch.Generator().manual_seed(seed)
-    best, best_cost = None, float("inf")
-    for _ in range(max(1, restarts)):
-        centres = x[torch.randint(n, (1,), generator=g)]
-        for _ in range(1, k):  # k-means++: next centre drawn with probability ∝ squared distance
-            d2 = torch.cdist(x, centres).pow(2).min(dim=1).values
-            p = d2 / d2.sum() if float(d2.sum()) > 0 else torch.full_like(d2, 1.0 / n)
-            centres = torch.cat([centres, x[torch.multinomial(p.float(), 1, generator=g)]])
-        for _ in range(iterations):
-            labels = torch.cdist(x, centres).argmin(dim=1)
-            new = torch.stack([x[labels == j].mean(0) if bool((labels == j).any()) else centres[j] for j in range(k)])
-            if torch.allclose(new, centres):
-                break
-            centres = new
-        labels = torch.cdist(x, centres).argmin(dim=1)
-        cost = float((x - centres[labels]).pow(2).sum())
-        if cost < best_cost:
-            best, best_cost = labels, cost
-    assert best is not None
-    return best
-
-
 @METHODS.register("audio_clusters")
 class AudioClusters(AudioVisualMethod):
     Config = AudioClustersConfig
     modalities = ("video",)  # training batches need no sound: the clusters are computed up front
     heads = False
+    syncs_own_buffers = True  # the pseudo-labels: rank 0's, sent to every rank when computed
 
     def __init__(self, cfg: Any, **kw: Any) -> None:
         m = cfg.method
@@ -110,8 +86,13 @@ class AudioClusters(AudioVisualMethod):
     def cluster(self) -> None:
         m = self.cfg.method
         feats = self.audio_features()
-        labels = kmeans(feats, m.num_clusters, m.kmeans_iterations, m.kmeans_restarts, seed=self.cfg.seed)
+        labels = kmeans(feats, m.num_clusters, m.kmeans_iterations, m.kmeans_restarts, seed=self.cfg.seed,
+                        device=self.device).to(self.device)
+        _, world = world_info()
+        if world > 1:  # the same features give the same clusters, but one rank's labels make that certain
+            torch.distributed.broadcast(labels, src=0)
         self.pseudo_labels = labels.to(self.pseudo_labels.device)
+        labels = labels.cpu()
         sizes = torch.bincount(labels, minlength=m.num_clusters)
         log.info("audio clusters: %d videos in %d clusters (sizes %d..%d)", len(labels), m.num_clusters,
                  int(sizes.min()), int(sizes.max()))

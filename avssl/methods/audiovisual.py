@@ -81,22 +81,21 @@ class AudioVisualMethod(Method):
         Each video's views (test clips × crops) are averaged; ``project=False`` takes the encoders' features
         instead of the heads' output; ``normalize`` L2-normalises each row. One pass over the data, in eval
         mode (the training flags are restored afterwards), on this method's device; ``batch_size`` and
-        ``num_workers`` default to the config's ``data`` keys.
+        ``num_workers`` default to the config's ``data`` keys. Under ``torch.distributed`` every rank embeds its
+        share of the videos and receives all the rows (:func:`avssl.eval.features.extract_dataset`): every rank
+        must call this together.
         """
-        from torch.utils.data import DataLoader
-
-        from avssl.eval.features import extract_features
+        from avssl.eval.features import extract_dataset
 
         if isinstance(data, str):
             from avssl.data.datamodule import make_dataset
 
             data = make_dataset(self.cfg, data, train=False, needs_audio="audio" in modalities)
-        loader = DataLoader(data, batch_size=int(batch_size or self.cfg.data.batch_size), shuffle=False,
-                            num_workers=int(self.cfg.data.num_workers if num_workers is None else num_workers))
         parts = {m: nn.Sequential(self.encoder_for(m), getattr(self, f"{m}_head")) if project and self.heads
                  else self.encoder_for(m) for m in modalities}
-        out = extract_features(parts, loader, device=self.device, views="mean", progress=progress,
-                               max_batches=max_batches)
+        out = extract_dataset(parts, data, batch_size=int(batch_size or self.cfg.data.batch_size),
+                              num_workers=int(self.cfg.data.num_workers if num_workers is None else num_workers),
+                              device=self.device, views="mean", progress=progress, max_batches=max_batches)
         order = out["index"].argsort()
         rows: Dict[str, torch.Tensor] = {"index": out["index"][order]}
         for m in modalities:

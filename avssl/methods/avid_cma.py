@@ -45,7 +45,7 @@ class AvidCMAConfig(AudioVisualConfig):
     # Number of training instances (rows of each bank); None: the training set's length at setup.
     num_data: Optional[int] = None
     variant: str = "cross"  # AVID stage: cross | self | joint (must be cross when CMA is used)
-    num_negatives: int = 1024
+    num_negatives: Optional[int] = 1024  # null: every other bank row
     temperature: float = 0.07
     momentum: float = 0.5
     objective: str = "info_nce"  # info_nce | nce
@@ -53,7 +53,7 @@ class AvidCMAConfig(AudioVisualConfig):
     cma_every_epochs: int = 5  # recompute the positive sets every R epochs from cma_start_epoch
     cma_k: int = 32
     cma_agreement: str = "min"  # min | max | video | audio
-    cma_num_positive_negatives: int = 64
+    cma_num_positive_negatives: Optional[int] = 64  # null: every bank row outside the positive set
     xmodal_weight: float = 0.5
     wmodal_weight: float = 0.5
     cma_chunk_size: int = 4096
@@ -96,6 +96,7 @@ class AvidCMA(AudioVisualMethod):
     """
 
     Config = AvidCMAConfig
+    syncs_own_buffers = True  # the banks: updated from every rank's gathered embeddings; positive sets all-gathered
 
     positives_epoch: torch.Tensor
 

@@ -44,9 +44,14 @@ class Method(L.LightningModule):
     ``extra_objectives`` (a ModuleDict of :class:`avssl.pretext.ExtraObjective`, built from
     ``method.extra_objectives`` by :func:`avssl.methods.build_method`) are added to the method's own loss;
     their heads are in the optimiser and the checkpoint.
+
+    ``syncs_own_buffers``: the method keeps its buffers identical on every rank itself (memory banks and queues
+    updated from all-gathered embeddings, pseudo-labels sent from rank 0), so DDP need not broadcast them at
+    every step (``trainer.ddp.broadcast_buffers`` then defaults to off; see :func:`avssl.engine.build_strategy`).
     """
 
     Config = BaseMethodConfig
+    syncs_own_buffers: ClassVar[bool] = False
     modalities: Tuple[str, ...] = ("video",)
     monitor: Optional[str] = None  # metric that picks the "best" checkpoint
     monitor_mode: str = "min"

@@ -38,6 +38,7 @@ class MoCoConfig(ViewsMethodConfig):
 @METHODS.register("moco")
 class MoCo(MomentumMethod):
     Config = MoCoConfig
+    syncs_own_buffers = True  # the queue: the global batch's keys enqueued on every rank
     loss = "moco"
     loss_keys = ("queue_size", "temperature")
     augment = "moco"

@@ -49,6 +49,7 @@ class SwAVConfig(ViewsMethodConfig):
 @METHODS.register("swav")
 class SwAV(MultiViewMethod):
     Config = SwAVConfig
+    syncs_own_buffers = True  # the queue: every rank pushes the gathered global batch
     num_views = None  # 2 large crops + any number of small crops
 
     queue: torch.Tensor

@@ -45,6 +45,10 @@ class Benchmark:
         """The rows as a table (its title says what was measured, on what)."""
         raise NotImplementedError
 
+    def exit_code(self, rows: Sequence[Dict[str, Any]]) -> int:
+        """The command's exit status after the table and the page are written (non-zero: a check failed)."""
+        return 0
+
     def about(self) -> str:
         """What is measured and against what: the first paragraph of the benchmark's module docstring."""
         doc = inspect.getdoc(sys.modules[type(self).__module__]) or ""
