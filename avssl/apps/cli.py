@@ -488,6 +488,98 @@ def _run_cma_figure(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- env ------------------------------------------------------------------------------------------
+def _add_env(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("env", help="versions of Python, torch, CUDA, the decoders and FFmpeg, and the video backend")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.set_defaults(func=_cmd_env)
+
+
+def environment() -> dict:
+    """What avssl runs on: versions of Python, torch, CUDA/cuDNN, the GPUs, torchvision, torchaudio,
+    lightning, the decoders and their FFmpeg libraries, and the video backend ``auto`` reads with."""
+    import importlib
+    import platform
+
+    import torch
+
+    from avssl import __version__
+    from avssl.data.decoding import decoders
+
+    def version(module: str) -> Optional[str]:
+        try:
+            return str(importlib.import_module(module).__version__)
+        except Exception:  # noqa: BLE001 - not installed, or it does not import
+            return None
+
+    cuda = torch.cuda.is_available()
+    cudnn = torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None
+    return {
+        "avssl": __version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "cudnn": cudnn,
+        "gpus": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] if cuda else [],
+        "torchvision": version("torchvision"),
+        "torchaudio": version("torchaudio"),
+        "lightning": version("lightning"),
+        **decoders(),
+    }
+
+
+def _cmd_env(args: argparse.Namespace) -> int:
+    import json
+
+    report = environment()
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return 0
+    missing = "not installed"
+    lines = {
+        "avssl": report["avssl"],
+        "python": f"{report['python']} ({report['platform']})",
+        "torch": report["torch"],
+        "CUDA": report["cuda"] or "none (CPU build)",
+        "cuDNN": report["cudnn"] or "none",
+        "GPU": ", ".join(report["gpus"]) or "none",
+        "torchvision": report["torchvision"] or missing,
+        "torchaudio": report["torchaudio"] or missing,
+        "lightning": report["lightning"] or missing,
+        "decord": report["decord"] or f"{missing} (video is decoded with PyAV; pip install 'avssl[decord]')",
+        "PyAV": report["pyav"],
+        "FFmpeg": " ".join(filter(None, [report["ffmpeg"], "(" + ", ".join(
+            f"{k} {v}" for k, v in report["ffmpeg_libraries"].items()) + ")"])),
+        "video backend": report["video_backend"],
+    }
+    width = max(len(k) for k in lines)
+    for k, v in lines.items():
+        print(f"{k:<{width}}  {v}")
+    return 0
+
+
+def _version_line() -> str:
+    """``avssl X (torch Y, video backend Z)``: what ``avssl --version`` prints."""
+    import torch
+
+    from avssl import __version__
+    from avssl.data.decoding import resolve_backend
+
+    return f"avssl {__version__} (torch {torch.__version__}, video backend {resolve_backend('auto')})"
+
+
+class _Version(argparse.Action):
+    """``--version``: the line is computed only when asked for (it imports torch and the decoders)."""
+
+    def __init__(self, option_strings: List[str], dest: str = argparse.SUPPRESS, **kwargs: Any) -> None:
+        super().__init__(option_strings, dest=dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
+
+    def __call__(self, parser: argparse.ArgumentParser, *args: Any, **kwargs: Any) -> None:
+        print(_version_line())
+        parser.exit(0)
+
+
 # -- helpers -------------------------------------------------------------------------------------
 def _print_mapping(title: str, mapping: dict) -> None:
     from rich.console import Console
@@ -504,6 +596,7 @@ def _print_mapping(title: str, mapping: dict) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="avssl", description="Self-supervised learning of video and audio representations.")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("--version", action=_Version, help="print avssl's version, torch's and the video backend")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_synth(sub)
     _add_prep(sub)
@@ -514,6 +607,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_demo(sub)
     _add_compare(sub)
     _add_cma_figure(sub)
+    _add_env(sub)
     return parser
 
 

@@ -1,9 +1,10 @@
 """Decoding, audio features, sampling, transforms, datasets and corpus preparation."""
 from typing import Any
 
-from avssl.data.decoding import Clip, DecodeError, probe, read_audio, read_clip
+from avssl.data.decoding import Clip, DecodeError, MediaReader, probe, read_audio, read_clip
 
-__all__ = ["Clip", "DecodeError", "probe", "read_audio", "read_clip", "VideoDataset", "TooManyDecodeErrors", "load_rows"]
+__all__ = ["Clip", "DecodeError", "MediaReader", "probe", "read_audio", "read_clip", "VideoDataset",
+           "TooManyDecodeErrors", "load_rows", "ManifestTable"]
 
 
 def __getattr__(name: str) -> Any:
@@ -12,4 +13,8 @@ def __getattr__(name: str) -> Any:
         from avssl.data import datasets
 
         return getattr(datasets, name)
+    if name == "ManifestTable":
+        from avssl.data.manifest_table import ManifestTable
+
+        return ManifestTable
     raise AttributeError(f"module 'avssl.data' has no attribute {name!r}")

@@ -6,6 +6,10 @@ splits each epoch's shuffled order across ranks (every video once per epoch over
 
 The training loader is resumable (:class:`ResumableLoader`): its position within the epoch is saved in every
 checkpoint, so a run resumed from a mid-epoch checkpoint trains on exactly the rest of that epoch.
+
+Loader workers are persistent (they keep their open files and probe results from one epoch to the next);
+each index the training sampler hands out carries its epoch, which the worker gives its copy of the dataset
+before reading the item, so the per-item random draws are those of that epoch.
 """
 from __future__ import annotations
 
@@ -16,6 +20,13 @@ import torch
 from torch.utils.data import DataLoader, DistributedSampler, IterableDataset, get_worker_info
 
 from avssl.data.datasets import VideoDataset
+
+
+def _backend(d: Any) -> str:
+    """``data.backend`` as it will read: ``decord`` falls back to PyAV, with a warning, where it is not installed."""
+    from avssl.data.decoding import resolve_backend
+
+    return resolve_backend(d.backend, strict=False)
 
 
 def _audio_transform(d: Any, train: bool):
@@ -94,7 +105,7 @@ def make_image_dataset(cfg: Any, part: str, train: bool) -> Any:
     split = d.train_split if part == "train" else d.val_split
     return VideoFramesDataset(src, split=split or None, frames_per_video=d.frames_per_video, size=d.image_size,
                               transform=transform, seed=cfg.seed, video_root=d.video_root,
-                              max_failure_fraction=d.max_failure_fraction, backend=d.backend)
+                              max_failure_fraction=d.max_failure_fraction, backend=_backend(d))
 
 
 def default_augment(cfg: Any) -> str:
@@ -177,7 +188,7 @@ def make_dataset(cfg: Any, part: str, train: bool, needs_audio: bool) -> Any:
         audio_transform=_audio_transform(d, train) if needs_audio else None,
         max_av_offset=d.max_av_offset if train else 0.0,
         max_failure_fraction=d.max_failure_fraction,
-        backend=d.backend,
+        backend=_backend(d),
         seed=cfg.seed,
     )
 
@@ -186,7 +197,8 @@ class ResumableSampler(DistributedSampler):
     """A seeded, epoch-aware ``DistributedSampler`` whose next pass can start part-way through its epoch's order.
 
     ``start_at(n)`` makes the next ``iter()`` skip the first ``n`` indices of this rank's order (once); its
-    length stays that of the whole epoch, which is what Lightning counts batches against.
+    length stays that of the whole epoch, which is what Lightning counts batches against. It yields
+    ``(epoch, index)`` pairs, for :class:`EpochIndexed`.
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -196,10 +208,35 @@ class ResumableSampler(DistributedSampler):
     def start_at(self, n: int) -> None:
         self._start = int(n)
 
-    def __iter__(self) -> Iterator[int]:
+    def __iter__(self) -> Iterator[Tuple[int, int]]:  # type: ignore[override]
         order = list(super().__iter__())
         start, self._start = self._start, 0
-        return iter(order[start:])
+        epoch = int(self.epoch)
+        return iter([(epoch, i) for i in order[start:]])
+
+
+class EpochIndexed(torch.utils.data.Dataset):
+    """A dataset read with ``(epoch, index)`` keys: the epoch is given to the dataset (``set_epoch``) before
+    the item is read. Persistent loader workers keep their copy of the dataset across epochs, so the
+    epoch has to travel with each index to reach it.
+    """
+
+    def __init__(self, dataset: Any) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key: Tuple[int, int]) -> Any:
+        epoch, index = key
+        if hasattr(self.dataset, "set_epoch") and getattr(self.dataset, "epoch", None) != epoch:
+            self.dataset.set_epoch(epoch)
+        return self.dataset[index]
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "dataset" or name.startswith("__"):
+            raise AttributeError(name)  # not set yet (unpickling): no recursion
+        return getattr(self.dataset, name)
 
 
 class ResumableLoader(DataLoader):
@@ -214,6 +251,8 @@ class ResumableLoader(DataLoader):
     """
 
     def __init__(self, dataset: Any, sampler: ResumableSampler, seed: int = 0, **kwargs: Any) -> None:
+        if not isinstance(dataset, EpochIndexed):
+            dataset = EpochIndexed(dataset)
         super().__init__(dataset, sampler=sampler, **kwargs)
         self.seed = int(seed)
         self._position: Tuple[int, int] = (0, 0)
@@ -256,6 +295,7 @@ class VideoDataModule(L.LightningDataModule):
         self.val_set: Optional[VideoDataset] = None
         self._train_loader: Optional[ResumableLoader] = None
         self._train_position: Optional[Dict[str, Any]] = None  # restored before the loader exists
+        self._loaders: List[DataLoader] = []  # to stop their persistent workers at teardown
 
     def _world(self) -> tuple[int, int]:
         t = self.trainer
@@ -279,8 +319,9 @@ class VideoDataModule(L.LightningDataModule):
 
     def _loader_kwargs(self) -> Dict[str, Any]:
         d = self.cfg.data
+        # Persistent workers keep their open files and probes; the training epoch reaches them with each index.
         return dict(batch_size=d.batch_size, num_workers=d.num_workers, pin_memory=torch.cuda.is_available(),
-                    persistent_workers=False)  # workers re-created each epoch pick up the dataset's new epoch
+                    persistent_workers=d.num_workers > 0)
 
     def train_dataloader(self) -> DataLoader:
         assert self.train_set is not None
@@ -292,6 +333,7 @@ class VideoDataModule(L.LightningDataModule):
             loader.load_state_dict(self._train_position)
             self._train_position = None
         self._train_loader = loader
+        self._loaders.append(loader)
         return loader
 
     # The training loader's position goes into checkpoints through the datamodule's own state: Lightning does
@@ -309,14 +351,31 @@ class VideoDataModule(L.LightningDataModule):
         else:
             self._train_position = dict(position)
 
+    def teardown(self, stage: Optional[str] = None) -> None:
+        """Stop the persistent loader workers of this run's loaders."""
+        for loader in self._loaders:
+            stop_workers(loader)
+        self._loaders.clear()
+
     def val_dataloader(self) -> Any:
         if self.val_set is None:
             return []
         rank, world = self._world()
         sampler = DistributedSampler(self.val_set, num_replicas=world, rank=rank, shuffle=False, drop_last=False)
         # Its own generator: validating must not draw from the training RNG (a resume may skip a validation).
-        return DataLoader(self.val_set, sampler=sampler, generator=torch.Generator().manual_seed(self.cfg.seed),
-                          **self._loader_kwargs())
+        loader = DataLoader(self.val_set, sampler=sampler, generator=torch.Generator().manual_seed(self.cfg.seed),
+                            **self._loader_kwargs())
+        self._loaders.append(loader)
+        return loader
+
+
+def stop_workers(loader: Any) -> None:
+    """Shut down a loader's persistent workers now rather than when the loader is garbage-collected."""
+    iterator = getattr(loader, "_iterator", None)
+    if iterator is not None and hasattr(iterator, "_shutdown_workers"):
+        iterator._shutdown_workers()
+    if iterator is not None:
+        loader._iterator = None
 
 
 class ShardedIterable(IterableDataset):

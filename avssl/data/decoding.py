@@ -2,12 +2,17 @@
 
 Two backends read video frames:
 
-* ``decord`` (default, fast): frame-accurate random access with an index of presentation timestamps;
-* ``pyav`` (fallback, and the only one used for audio): seek + decode with PyAV.
+* ``decord`` (fast): frame-accurate random access with an index of presentation timestamps. It is an
+  optional extra (``pip install 'avssl[decord]'``; there is no wheel for some platforms);
+* ``pyav``: seek + decode with PyAV, always available; it also reads every audio track.
+
+``backend="auto"`` (the default) takes decord where it is installed and PyAV elsewhere; see
+:func:`resolve_backend`.
 
 Frames are chosen by *time*, not by index: for every sample time ``t`` the frame whose presentation
 interval ``[pts_i, pts_{i+1})`` contains ``t`` is returned, which is correct for variable frame rate
-and for any fps. Audio is decoded with PyAV, down-mixed to mono and resampled to ``audio_rate``.
+and for any fps. Audio is down-mixed to mono at ``audio_rate``: decoded from the file's track with PyAV,
+or sliced from the WAV file ``avssl prep`` extracted (:class:`MediaReader`'s ``audio_path``).
 
 Frames come out upright with square pixels: a display rotation (phone videos) and a non-square sample
 aspect ratio (anamorphic video) are applied, so both backends return the display size :func:`probe`
@@ -18,11 +23,15 @@ against the packets and rejects a header that lies about them, and a file whose 
 allocate beyond reason (it aborts the process on such files) or that decord mishandles (rotation) is
 read with PyAV instead.
 
+:class:`MediaReader` opens a file once for any number of windows (all the views of a dataset item and
+their sound); :func:`read_clip` reads one window through it.
+
 Every failure to read a file becomes a :class:`DecodeError` naming the path; a file with no audio
 track gives ``audio=None``; a window that runs past the end of the file is clamped.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -37,7 +46,10 @@ from avssl.errors import UserError
 
 log = logging.getLogger(__name__)
 
-VIDEO_BACKENDS = ("decord", "pyav")
+#: ``auto``: decord where it is installed, else PyAV (see :func:`resolve_backend`).
+VIDEO_BACKENDS = ("auto", "decord", "pyav")
+#: How to install the optional decord backend.
+DECORD_EXTRA = "pip install 'avssl[decord]'"
 
 
 class DecodeError(UserError, RuntimeError):
@@ -401,138 +413,417 @@ def _frames_at(times: np.ndarray, frame_starts: np.ndarray) -> np.ndarray:
     return np.clip(idx, 0, len(frame_starts) - 1)
 
 
-def _read_video_decord(path: str, times: np.ndarray, size: Tuple[int, int]) -> Tuple[np.ndarray, np.ndarray]:
-    """Frames at ``times`` scaled to ``size`` = (width, height); never for rotated files (see _decord_risk)."""
-    import decord
-
+# -- opening files: every open of a media file goes through one of these three -----------------------
+def _open_decord(path: str, size: Tuple[int, int]):
+    """A decord ``VideoReader`` scaling frames to ``size`` = (width, height); never for rotated files."""
     try:
-        vr = decord.VideoReader(path, ctx=decord.cpu(0), num_threads=1, width=size[0], height=size[1])
+        import decord
+    except Exception as e:  # noqa: BLE001 - its library may fail to load: PyAV reads the file instead
+        raise DecodeError(path, f"decord is not available ({e})") from None
+    try:
+        return decord.VideoReader(path, ctx=decord.cpu(0), num_threads=1, width=size[0], height=size[1])
     except Exception as e:  # noqa: BLE001 - decord raises its own DECORDError or RuntimeError
         raise DecodeError(path, f"decord could not open ({e})") from None
+
+
+def _open_video_container(path: str):
+    """A PyAV container for decoding (slice threading only: with frame threading, closing a container
+    after leaving the decode loop early, as a clip read does, can deadlock in FFmpeg's teardown)."""
+    container = _open_container(path)
+    if container.streams.video:
+        container.streams.video[0].thread_type = "SLICE"
+    return container
+
+
+def _open_wav(path: str):
+    """A stdlib ``wave`` reader, or None when ``path`` is not a PCM WAV file ``wave`` reads."""
+    import wave
+
+    try:
+        return wave.open(path, "rb")
+    except (wave.Error, EOFError):
+        return None
+    except OSError as e:
+        raise DecodeError(path, f"cannot open the audio file ({e.strerror or e})") from None
+
+
+# -- reading from open files --------------------------------------------------------------------------
+def _read_video_decord(vr, path: str, times: np.ndarray, stamps: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+    """Frames at ``times`` from an open decord reader whose frames start at ``stamps`` (s)."""
+    try:
+        idx = _frames_at(times, stamps)
+        # Each distinct frame is decoded once, in order, however many windows ask for it.
+        wanted, where = np.unique(idx, return_inverse=True)
+        frames = vr.get_batch(wanted.tolist()).asnumpy()
+        return frames[where.ravel()], stamps[idx]
+    except Exception as e:  # noqa: BLE001
+        raise DecodeError(path, f"decord failed to decode ({e})") from None
+
+
+def _decord_stamps(vr, path: str) -> np.ndarray:
+    """Start time (s) of every frame of an open decord reader, counted from the first."""
     try:
         n = len(vr)
         if n == 0:
             raise DecodeError(path, "decord found no frames")
-        # Count from the first frame, as every other path does.
         stamps = vr.get_frame_timestamp(np.arange(n))[:, 0].astype(np.float64)
-        stamps = stamps - stamps.min()
-        idx = _frames_at(times, stamps)
-        frames = vr.get_batch(idx.tolist()).asnumpy()
-        return frames, stamps[idx]
     except DecodeError:
         raise
     except Exception as e:  # noqa: BLE001
-        raise DecodeError(path, f"decord failed to decode ({e})") from None
-    finally:
-        # decord keeps decoder buffers alive with the reader: drop it now, not at the next GC.
-        del vr
+        raise DecodeError(path, f"decord failed to read the frame index ({e})") from None
+    return stamps - stamps.min()
 
 
 def _read_video_pyav(
-    path: str, times: np.ndarray, origin: float = 0.0, size: Optional[Tuple[int, int]] = None
+    container, path: str, times: np.ndarray, origin: float = 0.0, size: Optional[Tuple[int, int]] = None
 ) -> Tuple[np.ndarray, np.ndarray]:
-    """Frames at ``times`` (RGB, scaled to ``size`` = (width, height) when given), and their times."""
+    """Frames at ``times`` (RGB, scaled to ``size`` = (width, height) when given) from an open container,
+    and their times."""
     import av
 
-    container = _open_container(path)
+    vs = container.streams.video[0]
+    tb = float(vs.time_base)
+    t0, t1 = float(times.min()), float(times.max())
     try:
-        vs = container.streams.video[0]
-        # Slice threading only: with frame threading, closing the container after leaving the decode
-        # loop early (as a clip read does) can deadlock in FFmpeg's frame-thread teardown.
-        vs.thread_type = "SLICE"
-        tb = float(vs.time_base)
-        t0, t1 = float(times[0]), float(times[-1])
-        try:
-            # Seek in container time; everything after counts from the first frame (``origin``).
-            container.seek(max(0, int((t0 + origin) / tb) - 1), stream=vs, backward=True, any_frame=False)
-        except av.error.FFmpegError:
-            container.seek(0, stream=vs)
-        starts: List[float] = []
-        images: List[np.ndarray] = []
-        try:
-            for frame in container.decode(vs):
-                if frame.pts is None:
-                    continue
-                ts = frame.pts * tb - origin
-                # Keep the last frame at or before t0 (it contains t0) and every frame up to t1.
-                if ts <= t0 and starts and starts[-1] <= ts:
-                    starts, images = [], []
-                starts.append(ts)
-                if size is None:
-                    images.append(frame.to_ndarray(format="rgb24"))
-                else:
-                    images.append(frame.to_ndarray(format="rgb24", width=size[0], height=size[1]))
-                if ts > t1:
-                    break
-        except av.error.FFmpegError as e:
-            if not images:
-                raise DecodeError(path, f"corrupt video data ({type(e).__name__}: {e})") from None
-            log.warning("%s: decoding stopped early (%s); using the frames read so far", path, e)
+        # Seek in container time; everything after counts from the first frame (``origin``).
+        container.seek(max(0, int((t0 + origin) / tb) - 1), stream=vs, backward=True, any_frame=False)
+    except av.error.FFmpegError:
+        container.seek(0, stream=vs)
+    starts: List[float] = []
+    images: List[np.ndarray] = []
+    try:
+        for frame in container.decode(vs):
+            if frame.pts is None:
+                continue
+            ts = frame.pts * tb - origin
+            # Keep the last frame at or before t0 (it contains t0) and every frame up to t1.
+            if ts <= t0 and starts and starts[-1] <= ts:
+                starts, images = [], []
+            starts.append(ts)
+            if size is None:
+                images.append(frame.to_ndarray(format="rgb24"))
+            else:
+                images.append(frame.to_ndarray(format="rgb24", width=size[0], height=size[1]))
+            if ts > t1:
+                break
+    except av.error.FFmpegError as e:
         if not images:
-            raise DecodeError(path, "no frames decoded in the requested window")
-        order = np.argsort(starts, kind="stable")
-        starts_arr = np.asarray(starts)[order]
-        idx = _frames_at(times, starts_arr)
-        return np.stack([images[order[i]] for i in idx]), starts_arr[idx]
-    finally:
-        container.close()
+            raise DecodeError(path, f"corrupt video data ({type(e).__name__}: {e})") from None
+        log.warning("%s: decoding stopped early (%s); using the frames read so far", path, e)
+    if not images:
+        raise DecodeError(path, "no frames decoded in the requested window")
+    order = np.argsort(starts, kind="stable")
+    starts_arr = np.asarray(starts)[order]
+    idx = _frames_at(times, starts_arr)
+    return np.stack([images[order[i]] for i in idx]), starts_arr[idx]
+
+
+def _place(wave: np.ndarray, first: int, num: int) -> np.ndarray:
+    """``num`` samples of a window whose first sample is ``wave``'s sample ``first``: zeros where the
+    window runs outside ``wave``."""
+    out = np.zeros(num, np.float32)
+    src_lo, dst_lo = max(0, first), max(0, -first)
+    n = max(0, min(num - dst_lo, len(wave) - src_lo))
+    if n > 0:
+        out[dst_lo : dst_lo + n] = wave[src_lo : src_lo + n]
+    return out
+
+
+def _read_audio_pyav(container, path: str, start: float, duration: float, rate: int) -> Optional[np.ndarray]:
+    """``[start, start + duration)`` (container time) of the first audio track of an open container,
+    mono at ``rate``: float32 of round(duration·rate) samples, or None without an audio track.
+
+    The down-mix is the one ``avssl prep`` writes its WAV files with: FFmpeg's to an integer format, normalised
+    so that it never clips (stereo: the mean of the two channels), here to 32 bits, whose steps (2⁻³¹) leave
+    even faint sound as it was. The sound of a prepared corpus is then the same whether it is read from the WAV
+    or from the video's track.
+    """
+    import av
+
+    if not container.streams.audio:
+        return None
+    num = int(round(duration * rate))
+    st = container.streams.audio[0]
+    tb = float(st.time_base) if st.time_base else 1.0 / rate
+    stream_start = float(st.start_time * st.time_base) if st.start_time is not None else 0.0
+    resampler = av.AudioResampler(format="s32", layout="mono", rate=rate)
+    try:
+        container.seek(max(0, int((start - 0.1) / tb)), stream=st, backward=True)
+    except av.error.FFmpegError:
+        container.seek(0, stream=st)
+    chunks: List[np.ndarray] = []
+    first_time: Optional[float] = None
+    end = start + duration
+    try:
+        for frame in container.decode(st):
+            ftime = frame.pts * tb if frame.pts is not None else None
+            if ftime is not None and ftime >= end:
+                break
+            for out in resampler.resample(frame):
+                if first_time is None:
+                    first_time = (out.pts / rate) if out.pts is not None else (ftime or 0.0)
+                chunks.append(out.to_ndarray().reshape(-1))
+        for out in resampler.resample(None):
+            chunks.append(out.to_ndarray().reshape(-1))
+    except av.error.FFmpegError as e:
+        if not chunks:
+            raise DecodeError(path, f"corrupt audio data ({type(e).__name__}: {e})") from None
+        log.warning("%s: audio decoding stopped early (%s)", path, e)
+    wave = (np.concatenate(chunks) / 2.0**31).astype(np.float32) if chunks else np.zeros(0, np.float32)
+    first_time = stream_start if first_time is None else first_time
+    return _place(wave, int(round((start - first_time) * rate)), num)
+
+
+#: PCM sample widths (bytes) read straight from a WAV file, and their numpy types.
+_WAV_TYPES = {2: "<i2", 4: "<i4"}
+
+
+def _read_wav(f, path: str, start: float, duration: float, rate: int) -> Optional[np.ndarray]:
+    """``[start, start + duration)`` of an open WAV file as mono float32 in [-1, 1]: a sample-accurate
+    slice (a seek, then only the window's bytes are read). None when the file's rate is not ``rate`` or
+    its samples are not 16/32-bit PCM (the caller then decodes and resamples it)."""
+    import wave
+
+    width = f.getsampwidth()
+    if f.getframerate() != rate or width not in _WAV_TYPES:
+        return None
+    num = int(round(duration * rate))
+    first = int(round(start * rate))
+    lo, hi = max(0, first), min(f.getnframes(), first + num)
+    if hi <= lo:
+        return np.zeros(num, np.float32)
+    try:
+        f.setpos(lo)
+        raw = f.readframes(hi - lo)
+    except (wave.Error, EOFError, OSError) as e:
+        raise DecodeError(path, f"cannot read the audio file ({e})") from None
+    channels = f.getnchannels()
+    samples = np.frombuffer(raw, _WAV_TYPES[width])
+    samples = samples[: len(samples) // channels * channels].reshape(-1, channels)
+    scale = float(2 ** (8 * width - 1))
+    mono = (samples.mean(axis=1) if channels > 1 else samples[:, 0]).astype(np.float32) / scale
+    return _place(mono, first - lo, num)
+
+
+# -- backends ----------------------------------------------------------------------------------------
+class BackendUnavailable(UserError, RuntimeError):
+    """A video backend that was asked for by name is not installed."""
+
+
+def decord_available() -> bool:
+    """Whether decord imports here (it has no wheel for some platforms, e.g. Linux aarch64, macOS arm64)."""
+    try:
+        import decord  # noqa: F401
+    except Exception:  # noqa: BLE001 - a missing wheel, or one whose library does not load
+        return False
+    return True
+
+
+def resolve_backend(backend: str = "auto", strict: bool = True) -> str:
+    """The video backend that reads for ``backend``: ``"decord"`` or ``"pyav"``.
+
+    ``"auto"`` is decord where it is installed, else PyAV. ``"decord"`` without decord raises
+    :class:`BackendUnavailable` naming what to install (``strict``), or falls back to PyAV with one
+    warning (``strict=False``: a config's default). ``"pyav"`` is always available.
+    """
+    if backend not in VIDEO_BACKENDS:
+        raise ValueError(f"backend must be one of {VIDEO_BACKENDS}, got {backend!r}")
+    if backend == "pyav":
+        return "pyav"
+    if decord_available():
+        return "decord"
+    if backend == "decord":
+        if strict:
+            raise BackendUnavailable(f"backend 'decord' is not installed here: {DECORD_EXTRA}, or use backend "
+                                     "'auto' or 'pyav' (PyAV, slower)")
+        log.warning("decord is not installed: video is decoded with PyAV (slower); %s for decord", DECORD_EXTRA)
+    return "pyav"
+
+
+def decoders() -> Dict[str, Any]:
+    """What decodes here: ``{"video_backend": the backend "auto" reads with, "decord": its version or
+    None, "pyav": PyAV's version, "ffmpeg": the FFmpeg release PyAV is built on (or None), "ffmpeg_libraries":
+    {library: "major.minor.micro"}}``."""
+    import av
+
+    try:
+        import decord
+
+        decord_version: Optional[str] = str(decord.__version__)
+    except Exception:  # noqa: BLE001 - not installed, or its library does not load
+        decord_version = None
+    return {
+        "video_backend": resolve_backend("auto"),
+        "decord": decord_version,
+        "pyav": str(av.__version__),
+        "ffmpeg": getattr(av, "ffmpeg_version_info", None),
+        "ffmpeg_libraries": {k: ".".join(map(str, v)) for k, v in sorted(av.library_versions.items())},
+    }
+
+
+class MediaReader:
+    """A video file (and the audio file extracted from it, if any), each opened once and read many times.
+
+    All the windows of one dataset item, video and sound, come from one reader: the file is opened at
+    its first read (by decord for frames, by PyAV for frames decord cannot read and for the file's own
+    audio track) and stays open until :meth:`close` (or the end of a ``with`` block).
+
+    Args:
+        path: the video file.
+        info: its :func:`probe` result (or a manifest row's fields; missing geometry keys are read with
+            :func:`geometry_info`); probed when None.
+        backend: ``"auto"``, ``"decord"`` or ``"pyav"`` (see :func:`resolve_backend`).
+        audio_path: an audio file extracted from ``path`` (``avssl prep``'s WAV/FLAC); sound is read from it
+            instead of decoding the video's track. A PCM WAV at the asked rate is sliced sample-accurately;
+            any other file is decoded (and resampled) with PyAV.
+        audio_origin: the time of the video (s, counted from its first frame) at ``audio_path``'s first
+            sample (a prepared file starts with the video: 0; audio extracted for a window of an untrimmed
+            video starts at that window).
+
+    Raises:
+        DecodeError: the video is missing or unreadable (when probed here), or a read fails.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        info: Optional[Dict[str, Any]] = None,
+        backend: str = "auto",
+        audio_path: Optional[str | os.PathLike] = None,
+        audio_origin: float = 0.0,
+    ) -> None:
+        self.path = os.fspath(path)
+        self.backend = resolve_backend(backend)
+        info = info if info is not None else probe(self.path)
+        if any(k not in info for k in GEOMETRY_KEYS):  # e.g. a manifest row's fields
+            info = {**info, **geometry_info(self.path)}
+        self.info = info
+        self.geometry = Geometry.from_info(info)
+        self.origin = float(info.get("start_time", 0.0))
+        self.audio_path = os.fspath(audio_path) if audio_path else None
+        self.audio_origin = float(audio_origin)
+        self._decord = None  # the decord reader and its frame start times, once opened
+        self._stamps: Optional[np.ndarray] = None
+        self._use_decord = self.backend == "decord"
+        if self._use_decord and info["decord_risk"]:
+            # decord could abort the process (or return sideways frames): PyAV reads this file.
+            log.debug("reading %s with PyAV, not decord: %s", self.path, info["decord_risk"])
+            self._use_decord = False
+        self._container = None
+        self._audio_file: Any = None  # a wave reader, or a PyAV container for other audio files
+        self._closed = False
+
+    # -- frames ---------------------------------------------------------------------------------
+    def frames(self, times: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+        """The frames shown at ``times`` (s from the first frame; any order, repeats allowed), upright with
+        square pixels: ``(uint8 T×H×W×3, float64 T frame start times)``."""
+        times = np.asarray(times, np.float64)
+        frames = stamps = None
+        if self._use_decord:
+            try:
+                if self._decord is None:
+                    self._decord = _open_decord(self.path, self.geometry.scaled_size)
+                    self._stamps = _decord_stamps(self._decord, self.path)
+                frames, stamps = _read_video_decord(self._decord, self.path, times, self._stamps)
+            except DecodeError as e:
+                log.debug("decord failed on %s (%s); falling back to PyAV", self.path, e.reason)
+                self._drop_decord()
+                self._use_decord = False
+        if frames is None:
+            frames, stamps = _read_video_pyav(self._pyav(), self.path, times, self.origin, self.geometry.scaled_size)
+        return self.geometry.upright(frames), stamps
+
+    def clip(self, start: float, duration: float, num_frames: int) -> Tuple[np.ndarray, np.ndarray, float, float]:
+        """``num_frames`` frames sampled uniformly over ``[start, start + duration)`` (clamped to the file):
+        ``(frames, frame start times, start, duration)`` after clamping."""
+        start, duration, times = window_times(start, duration, num_frames, float(self.info["duration"]))
+        frames, stamps = self.frames(times)
+        return frames, stamps, start, duration
+
+    # -- sound ----------------------------------------------------------------------------------
+    def audio(self, start: float, duration: float, rate: int = 16000) -> Optional[torch.Tensor]:
+        """``[start, start + duration)`` (s from the first video frame) of the sound, mono at ``rate``:
+        float32 1×round(duration·rate) in [-1, 1], zero-padded outside the track; None when the video has
+        no audio track (and no audio file was given)."""
+        wave = None
+        if self.audio_path is not None:
+            wave = self._read_audio_file(start - self.audio_origin, duration, rate)
+        elif self.info.get("has_audio", True):
+            wave = _read_audio_pyav(self._pyav(), self.path, start + self.origin, duration, rate)
+        return None if wave is None else torch.from_numpy(wave).unsqueeze(0)
+
+    def _read_audio_file(self, start: float, duration: float, rate: int) -> np.ndarray:
+        path = self.audio_path
+        if self._audio_file is None:
+            _require_file(path)
+            self._audio_file = _open_wav(path) or _open_container(path)
+        f = self._audio_file
+        if not hasattr(f, "getframerate"):
+            wave = _read_audio_pyav(f, path, start, duration, rate)
+        else:
+            wave = _read_wav(f, path, start, duration, rate)
+            if wave is None:  # another rate or sample format: decode and resample it like any file
+                f.close()
+                self._audio_file = f = _open_container(path)
+                wave = _read_audio_pyav(f, path, start, duration, rate)
+        if wave is None:
+            raise DecodeError(path, "the audio file has no audio track")
+        return wave
+
+    # -- lifetime -------------------------------------------------------------------------------
+    def _pyav(self):
+        if self._container is None:
+            self._container = _open_video_container(self.path)
+            if not self._container.streams.video:
+                raise DecodeError(self.path, "no video stream")
+        return self._container
+
+    def _drop_decord(self) -> None:
+        # decord keeps decoder buffers alive with the reader: drop it now, not at the next GC.
+        self._decord = None
+        self._stamps = None
+
+    def close(self) -> None:
+        """Release the decoders and files (idempotent)."""
+        self._drop_decord()
+        for f in (self._container, self._audio_file):
+            if f is not None:
+                with contextlib.suppress(Exception):
+                    f.close()
+        self._container = self._audio_file = None
+        self._closed = True
+
+    def __enter__(self) -> "MediaReader":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+def window_times(start: float, duration: float, num_frames: int, total: float) -> Tuple[float, float, np.ndarray]:
+    """The window clamped to a file of ``total`` seconds, and its ``num_frames`` sample times:
+    ``(start, duration, times)``. A zero-length window (a 1-frame file) still samples its frame."""
+    start, duration = clamp_window(start, duration, total)
+    return start, duration, sample_times(start, max(duration, 1e-6), num_frames)
 
 
 def read_audio(
     path: str | os.PathLike, start: float, duration: float, rate: int = 16000
 ) -> Optional[torch.Tensor]:
-    """Decode ``[start, start + duration)`` of the first audio track, mono, resampled to ``rate``.
+    """Decode ``[start, start + duration)`` (container time) of the first audio track, mono, resampled to
+    ``rate``.
 
     Returns a float32 tensor 1×S (S = round(duration·rate), zero-padded where the track is shorter),
     or None when the file has no audio track.
     """
-    import av
-
     path = os.fspath(path)
     _require_file(path)
-    num = int(round(duration * rate))
     container = _open_container(path)
     try:
-        if not container.streams.audio:
-            return None
-        st = container.streams.audio[0]
-        tb = float(st.time_base) if st.time_base else 1.0 / rate
-        stream_start = float(st.start_time * st.time_base) if st.start_time is not None else 0.0
-        resampler = av.AudioResampler(format="flt", layout="mono", rate=rate)
-        try:
-            container.seek(max(0, int((start - 0.1) / tb)), stream=st, backward=True)
-        except av.error.FFmpegError:
-            container.seek(0, stream=st)
-        chunks: List[np.ndarray] = []
-        first_time: Optional[float] = None
-        end = start + duration
-        try:
-            for frame in container.decode(st):
-                ftime = frame.pts * tb if frame.pts is not None else None
-                if ftime is not None and ftime >= end:
-                    break
-                for out in resampler.resample(frame):
-                    if first_time is None:
-                        first_time = (out.pts / rate) if out.pts is not None else (ftime or 0.0)
-                    chunks.append(out.to_ndarray().reshape(-1))
-            for out in resampler.resample(None):
-                chunks.append(out.to_ndarray().reshape(-1))
-        except av.error.FFmpegError as e:
-            if not chunks:
-                raise DecodeError(path, f"corrupt audio data ({type(e).__name__}: {e})") from None
-            log.warning("%s: audio decoding stopped early (%s)", path, e)
-        wave = np.concatenate(chunks) if chunks else np.zeros(0, np.float32)
-        first_time = stream_start if first_time is None else first_time
-        offset = int(round((start - first_time) * rate))
-        out = np.zeros(num, np.float32)
-        src_lo = max(0, offset)
-        dst_lo = max(0, -offset)
-        n = max(0, min(num - dst_lo, len(wave) - src_lo))
-        if n > 0:
-            out[dst_lo : dst_lo + n] = wave[src_lo : src_lo + n]
-        return torch.from_numpy(np.clip(out, -1.0, 1.0)).unsqueeze(0)
+        wave = _read_audio_pyav(container, path, start, duration, rate)
     finally:
         container.close()
+    return None if wave is None else torch.from_numpy(wave).unsqueeze(0)
 
 
 def read_clip(
@@ -542,7 +833,7 @@ def read_clip(
     num_frames: int = 8,
     audio: bool = True,
     audio_rate: int = 16000,
-    backend: str = "decord",
+    backend: str = "auto",
     info: Optional[Dict[str, Any]] = None,
     audio_start: Optional[float] = None,
 ) -> Clip:
@@ -554,7 +845,8 @@ def read_clip(
         num_frames: T, the number of frames returned (frames repeat when T exceeds what the window
             holds, as for a 1-frame video).
         audio: also decode the audio of the window (mono, ``audio_rate`` Hz).
-        backend: ``"decord"`` (falls back to PyAV if decord cannot read the file) or ``"pyav"``.
+        backend: ``"auto"`` (decord where installed, else PyAV), ``"decord"`` (an error where it is not
+            installed) or ``"pyav"``; decord falls back to PyAV for a file it cannot read.
         info: a :func:`probe` result for the file, to skip probing again (a dict without the geometry
             keys, e.g. a manifest row's fields, gets them from :func:`geometry_info`).
         audio_start: start of the audio window when it differs from the video's (audio-visual offsets);
@@ -566,47 +858,24 @@ def read_clip(
 
     Raises:
         DecodeError: the file is missing, corrupt, truncated or not a video.
+        BackendUnavailable: ``backend="decord"`` where decord is not installed.
     """
     if backend not in VIDEO_BACKENDS:
         raise ValueError(f"backend must be one of {VIDEO_BACKENDS}, got {backend!r}")
     if num_frames < 1:
         raise ValueError(f"num_frames must be >= 1, got {num_frames}")
-    path = os.fspath(path)
-    info = info if info is not None else probe(path)
-    total = float(info["duration"])
-    start, duration = clamp_window(start, duration, total)
-    fps = float(info["fps"]) or 1.0
-    # A zero-length window (e.g. a 1-frame file) still yields its frame.
-    times = sample_times(start, max(duration, 1e-6), num_frames)
-
-    origin = float(info.get("start_time", 0.0))
-    if any(k not in info for k in GEOMETRY_KEYS):  # e.g. a manifest row's fields
-        info = {**info, **geometry_info(path)}
-    geom = Geometry.from_info(info)
-    frames = stamps = None
-    if backend == "decord":
-        if info["decord_risk"]:
-            # decord could abort the process (or return sideways frames): PyAV reads this file.
-            log.debug("reading %s with PyAV, not decord: %s", path, info["decord_risk"])
-        else:
-            try:
-                frames, stamps = _read_video_decord(path, times, geom.scaled_size)
-            except DecodeError as e:
-                log.debug("decord failed on %s (%s); falling back to PyAV", path, e.reason)
-    if frames is None:
-        frames, stamps = _read_video_pyav(path, times, origin, geom.scaled_size)
-    frames = geom.upright(frames)
-
-    wave = None
-    if audio and info.get("has_audio"):
-        a_start = start
-        if audio_start is not None:
-            a_start, _ = clamp_window(audio_start, duration, total)
-        wave = read_audio(path, a_start + origin, duration, audio_rate)
+    with MediaReader(path, info=info, backend=backend) as reader:
+        frames, stamps, start, duration = reader.clip(start, duration, num_frames)
+        wave = None
+        if audio and reader.info.get("has_audio"):
+            a_start = start
+            if audio_start is not None:
+                a_start, _ = clamp_window(audio_start, duration, float(reader.info["duration"]))
+            wave = reader.audio(a_start, duration, audio_rate)
     return Clip(
         video=torch.from_numpy(np.ascontiguousarray(frames)),
         audio=wave,
-        fps=fps,
+        fps=float(reader.info["fps"]) or 1.0,
         start=start,
         duration=duration,
         frame_times=torch.from_numpy(np.asarray(stamps, dtype=np.float64)),
@@ -624,5 +893,6 @@ def is_decodable(path: str | os.PathLike) -> bool:
 
 
 __all__: Sequence[str] = [
-    "DecodeError", "Clip", "Geometry", "probe", "geometry_info", "read_clip", "read_audio", "clamp_window", "sample_times",
+    "DecodeError", "BackendUnavailable", "Clip", "Geometry", "MediaReader", "probe", "geometry_info", "read_clip",
+    "read_audio", "clamp_window", "sample_times", "window_times", "resolve_backend", "decord_available", "decoders",
 ]

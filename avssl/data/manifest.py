@@ -209,55 +209,18 @@ def read_manifest(path: PathLike) -> List[ManifestRow]:
 
     Only the ``path`` column is required; missing columns take their defaults and unknown columns are
     ignored. When there is a ``label`` column but no ``label_index``, indices follow the sorted class
-    names. Relative paths are resolved against the manifest's folder.
+    names. Relative paths are resolved against the manifest's folder. A ``nan`` number reads as missing.
+
+    A list of row objects; :func:`avssl.data.manifest_table.read_manifest_table` reads the same file into
+    columns, for large corpora.
 
     Raises:
         FileNotFoundError: ``path`` does not exist.
         ManifestError: a missing ``path`` column, or a malformed row (the message names file and line).
     """
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"manifest not found: {path}")
-    base = os.path.dirname(os.path.abspath(path))
-    rows: List[ManifestRow] = []
-    with open(path, newline="", encoding="utf-8") as f:
-        reader = csv.reader(f)
-        try:
-            header = next(reader)
-        except StopIteration:
-            raise ManifestError(path, 1, "empty file: expected a header with at least a 'path' column") from None
-        except csv.Error as e:
-            raise ManifestError(path, reader.line_num, f"malformed CSV ({e})") from None
-        header = [h.strip() for h in header]
-        if "path" not in header:
-            raise ManifestError(
-                path, 1, f"missing column 'path' (header has {header}; expected columns {list(COLUMNS)})"
-            )
-        known = [(i, h) for i, h in enumerate(header) if h in COLUMNS]
-        while True:
-            try:
-                cells = next(reader)
-            except StopIteration:
-                break
-            except csv.Error as e:
-                raise ManifestError(path, reader.line_num, f"malformed CSV ({e})") from None
-            line = reader.line_num
-            if not cells or all(not c.strip() for c in cells):
-                continue  # blank line
-            if len(cells) != len(header):
-                raise ManifestError(path, line, f"expected {len(header)} fields (as in the header), found {len(cells)}")
-            values = {h: _parse_cell(h, cells[i], path, line) for i, h in known}
-            if not values["path"]:
-                raise ManifestError(path, line, "empty 'path'")
-            for col in _PATH_COLUMNS:
-                if values.get(col):
-                    values[col] = os.path.normpath(os.path.join(base, str(values[col])))
-            rows.append(ManifestRow(**values))
-    if "label_index" not in header and "label" in header:
-        index = _index_classes({r.label for r in rows if r.label}, None, path)
-        for r in rows:
-            r.label_index = index[r.label] if r.label else -1
-    return rows
+    from avssl.data.manifest_table import ManifestTable
+
+    return ManifestTable.read_csv(path).to_rows()
 
 
 # ---------------------------------------------------------------------------------------------
