@@ -71,6 +71,10 @@ class DataConfig:
     video_root: Optional[str] = None
     train_split: Optional[str] = "train"
     val_split: Optional[str] = "val"
+    fold: int = 1  # which official split a folder of UCF-101/HMDB-51 split files is read for (1-3)
+    # Low-label training: this fraction of each class's training videos (at least one), chosen by the seed; a
+    # smaller fraction keeps a subset of a larger one's.
+    label_fraction: float = 1.0
     num_frames: int = 8
     fps: float = 16.0  # clip duration = num_frames / fps seconds
     crop_size: int = 112
@@ -322,6 +326,8 @@ CHECKS: Dict[str, Check] = {
     "model.audio.name": Check(choices=_encoders),
     "model.image.name": Check(choices=_encoders),
     "data.kind": Check(choices=("video", "image")),
+    "data.fold": Check(ge=1, hint="the official split of UCF-101/HMDB-51 split files (1, 2 or 3)"),
+    "data.label_fraction": Check(gt=0, le=1, hint="the fraction of each class's training videos used"),
     "data.num_frames": Check(ge=1, hint="frames per clip"),
     "data.fps": Check(gt=0, hint="frames per second sampled; a clip lasts num_frames / fps seconds"),
     "data.crop_size": Check(ge=1, hint="side of the square crop, in pixels"),

@@ -16,7 +16,7 @@ CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))
 
 
 def test_the_registry_holds_every_protocol_in_a_fixed_order():
-    assert available_protocols() == ["linear", "knn", "folds", "layerwise", "finetune", "retrieval"]
+    assert available_protocols() == ["linear", "knn", "folds", "layerwise", "finetune", "retrieval", "test"]
     with pytest.raises(KeyError, match="unknown evaluation protocol 'lnear'.*'linear'"):
         PROTOCOLS.get("lnear")
 
@@ -55,6 +55,8 @@ def test_mistakes_stop_the_call_before_any_protocol_runs(synth_corpus, tmp_path,
     cfg = load_config(overrides=tiny_overrides(synth_corpus, tmp_path))
     with pytest.raises(UserError, match="--protocol retrieval needs --checkpoint of an audio-visual method"):
         evaluate(cfg, None, protocols=["linear", "retrieval"])
+    with pytest.raises(UserError, match=r"--protocol test needs --checkpoint of a fine-tuned model \(avssl finetune\)"):
+        evaluate(cfg, None, protocols=["linear", "test"])
     with pytest.raises(KeyError, match="unknown evaluation protocol 'knnn'"):
         evaluate(cfg, None, protocols=["linear", "knnn"])
     assert ran == []

@@ -21,6 +21,7 @@ from avssl.apps.options import (
     float_in,
     int_at_least,
     output_file,
+    views,
     weights_file,
 )
 
@@ -172,9 +173,25 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     f.add_argument("--checkpoint", required=True, type=weights_file,
                    help="weights that initialise the encoder: an avssl checkpoint, a weights file (format detected) "
                         "or FORMAT:PATH, FORMAT one of avssl, torchvision, pytorchvideo, pyslowfast, avid_cma")
+    f.add_argument("--splits", type=int_at_least(1), nargs="+", default=None, metavar="K",
+                   help="UCF-101/HMDB-51: one run per official split (OUTPUT_DIR/split<K>, each resumable), each "
+                        "tested on its split's test list, then per-split and mean ± std accuracies "
+                        "(OUTPUT_DIR/splits.json)")
     f.add_argument("--no-resume", action="store_true",
                    help="start afresh; a run already in OUTPUT_DIR is moved into OUTPUT_DIR/previous-<time>/")
     f.set_defaults(func=_run_finetune)
+
+    t = sub.add_parser("test", help="multi-view test of a fine-tuned model: accuracy, per-video predictions (CSV), "
+                                    "confusion matrix (PNG)")
+    t.add_argument("config", help="config naming the test data (data.val / data.val_split), e.g. the fine-tuning one")
+    t.add_argument("overrides", nargs="*")
+    t.add_argument("--checkpoint", required=True, type=existing_file, help="a checkpoint of avssl finetune")
+    t.add_argument("--views", type=views, default=None, metavar="KxS",
+                   help="K uniformly spaced clips × S crops (1 or 3) per video, e.g. 10x3 (default: the config's "
+                        "data.test_clips × data.test_crops)")
+    t.add_argument("--out", default=None, help="folder for predictions.csv, confusion.png and results.json "
+                                               "(default: OUTPUT_DIR/test)")
+    t.set_defaults(func=_run_test)
 
 
 def _run_pretrain(args: argparse.Namespace) -> int:
@@ -213,7 +230,38 @@ def _run_finetune(args: argparse.Namespace) -> int:
         raise ConfigError(f"avssl finetune: the config's method must be 'supervised', not {method!r}")
     cfg = load_config(args.config, [*args.overrides, f"method.init_checkpoint={args.checkpoint}"])
     _writable_output_dir(cfg)
-    return _train(cfg, resume=not args.no_resume)
+    if not args.splits:
+        return _train(cfg, resume=not args.no_resume)
+    from avssl.engine import TrainingInterrupted
+    from avssl.eval.splits import finetune_splits, splits_table
+
+    try:
+        result = finetune_splits(cfg, args.splits, resume=not args.no_resume)
+    except TrainingInterrupted as e:
+        log.warning("%s", e)
+        return e.exit_code
+    splits_table(result, title=f"fine-tuning from {args.checkpoint}, per split").print()
+    log.info("results: %s", result["path"])
+    return 0
+
+
+def _run_test(args: argparse.Namespace) -> int:
+    from avssl.config import load_config
+    from avssl.eval.report import print_results_table, write_results_json
+    from avssl.eval.testing import checkpoint_test
+    from avssl.utils import check_writable_dir
+
+    extra = [f"data.test_clips={args.views[0]}", f"data.test_crops={args.views[1]}"] if args.views else []
+    cfg = load_config(args.config, [*args.overrides, *extra])
+    out = check_writable_dir(args.out or os.path.join(cfg.output_dir, "test"), "--out" if args.out else "output_dir/test")
+    row = checkpoint_test(cfg, args.checkpoint, out_dir=out)
+    shown = ("encoder", "views", "clip_top1", "video_top1", "video_top5", "mean_class_accuracy", "num_videos")
+    print_results_table([{k: row[k] for k in shown}], title=f"multi-view test of {args.checkpoint}")
+    write_results_json([row], os.path.join(out, "results.json"), meta={"config": args.config,
+                                                                        "checkpoint": args.checkpoint})
+    log.info("predictions: %s; confusion matrix: %s", os.path.join(out, "predictions.csv"),
+             os.path.join(out, "confusion.png"))
+    return 0
 
 
 # -- export --------------------------------------------------------------------------------------
@@ -318,7 +366,7 @@ def _run_eval(args: argparse.Namespace) -> int:
 
 def _run_extract(args: argparse.Namespace) -> int:
     from avssl.config import load_config
-    from avssl.data.datamodule import make_dataset
+    from avssl.data.datamodule import item_names, make_dataset
     from avssl.engine.sharding import process_group_from_env
     from avssl.eval import encoder_from
     from avssl.eval.features import amp_dtype_for, extract_dataset, save_features
@@ -337,7 +385,7 @@ def _run_extract(args: argparse.Namespace) -> int:
                                 progress=rank == 0)
     if rank:
         return 0
-    feats["paths"] = [r.path for r in ds.rows]
+    feats["paths"] = item_names(ds)
     save_features(args.output, feats)
     log.info("wrote %s (%d views of %d videos)", args.output, len(feats["labels"]), len(ds))
     return 0

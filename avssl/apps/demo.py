@@ -3,10 +3,13 @@
 Everything runs on the CPU in minutes: the encoders are the small registered variants
 (``r2plus1d_tiny``: R(2+1)D-10 at 16 base channels on 8×64² clips; ``audio_conv_tiny`` on 1 s log-mel),
 configured by ``configs/demo/*.yaml``. The table compares, on held-out videos, a randomly initialised
-encoder, the self-supervised encoders (no labels: ``avid_cma`` and ``audio_clusters`` by default) and a
-supervised upper bound, by linear probe and kNN. For the audio-visual methods (those with a joint
-embedding, ``avid_cma`` and ``xmodal_nce``) a second table gives their audio encoder's 5-fold linear probe
-(ESC-50's protocol shape) beside a random audio net, and video→audio retrieval on held-out videos.
+encoder, the self-supervised encoders (no labels: ``avid_cma`` by default) and a supervised upper bound, by
+linear probe and kNN. For the audio-visual methods (those with a joint embedding, ``avid_cma`` and
+``xmodal_nce``) a second table gives their audio encoder's 5-fold linear probe (ESC-50's protocol shape)
+beside a random audio net, and video→audio retrieval on held-out videos. A third table fine-tunes the video
+encoder end to end with labels, from the first self-supervised method's checkpoint and from random init, with
+10% and with 100% of the training labels (``data.label_fraction``), tested on the held-out videos: what
+self-supervision buys where labels are few.
 
 ``avssl demo --seeds 0 1 2`` runs the whole demo once per seed (under ``OUT/seed<S>``) and states each
 number as mean ± sample standard deviation over the seeds; ``--page`` writes that, with the per-seed
@@ -21,8 +24,12 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 log = logging.getLogger(__name__)
 
-# Self-supervised methods the demo trains by default (each has configs/demo/<name>_tiny.yaml).
-DEMO_METHODS = ("avid_cma", "audio_clusters")
+# Self-supervised methods the demo trains by default (each has configs/demo/<name>_tiny.yaml). audio_clusters
+# (--methods avid_cma audio_clusters) left the default to make room for the fine-tuning table within 15 minutes.
+DEMO_METHODS = ("avid_cma",)
+# Shares of the training labels the fine-tuning table uses, and how many times the config's epochs each trains:
+# a tenth of the videos is a tenth of the steps per epoch, so the low-label runs train for more epochs.
+FINETUNE_LABELS = ((0.1, 3), (1.0, 1))
 # Methods with a joint audio-visual embedding: their audio encoder and retrieval are evaluated too.
 AUDIO_VISUAL = ("avid_cma", "xmodal_nce")
 
@@ -39,7 +46,7 @@ def demo_methods() -> List[str]:
     from avssl.config import shipped_configs
 
     names = [os.path.basename(c)[: -len("_tiny.yaml")] for c in shipped_configs("demo") if c.endswith("_tiny.yaml")]
-    return sorted(n for n in names if n not in ("base", "supervised"))
+    return sorted(n for n in names if n not in ("base", "supervised", "finetune"))
 
 
 def run_demo(
@@ -59,14 +66,14 @@ def run_demo(
     from avssl.apps.synthetic import make_corpus
     from avssl.eval.plots import plot_training_curves
     from avssl.eval.report import print_results_table, write_results_json
-    from avssl.engine import fit
+    from avssl.engine import fit, with_overrides
     from avssl.eval import evaluate
 
     console = Console()
     methods = tuple(methods)
     check_methods(methods)
     t_start = time.perf_counter()
-    console.rule("1/3  synthesise the audio-visual corpus and prepare it (avssl prep: 80 px, audio, manifest)")
+    console.rule("1/4  synthesise the audio-visual corpus and prepare it (avssl prep: 80 px, audio, manifest)")
     corpus = make_corpus(out, classes=classes, per_class=per_class, seconds=seconds, size=size, seed=seed,
                          workers=workers)
     manifest, report, t_synth, t_prep = corpus["manifest"], corpus["report"], corpus["synth_s"], corpus["prep_s"]
@@ -77,11 +84,13 @@ def run_demo(
     rows: List[Dict[str, Any]] = []
     eval_cfg = _config("supervised_tiny.yaml", [*common, f"output_dir={os.path.join(out, 'runs', 'eval')}"])
 
-    console.rule("2/3  pretrain")
+    console.rule("2/4  pretrain")
     checkpoints: Dict[str, str] = {}
     train_time: Dict[str, float] = {}
     for name in (*methods, "supervised"):
         cfg = _config(f"{name}_tiny.yaml", [*common, f"output_dir={os.path.join(out, 'runs', name)}"])
+        if name == "supervised":  # validated once, at the end: the demo tests its last checkpoint
+            cfg = with_overrides(cfg, **{"trainer.check_val_every_n_epoch": cfg.trainer.max_epochs})
         console.print(f"[bold]{name}[/]: {cfg.model.video.name} video encoder, {cfg.trainer.max_epochs} epochs")
         t0 = time.perf_counter()
         checkpoints[name] = fit(cfg, resume=False)
@@ -92,7 +101,7 @@ def run_demo(
         except (KeyError, FileNotFoundError, ValueError) as e:
             log.info("no training curve for %s (%s)", name, e)
 
-    console.rule("3/3  evaluate on held-out videos (linear probe and kNN on frozen video features)")
+    console.rule("3/4  evaluate on held-out videos (linear probe and kNN on frozen video features)")
     plots = os.path.join(out, "plots")
     labelled = {"random init": None, **{n: checkpoints[n] for n in methods}, "supervised (upper bound)": checkpoints["supervised"]}
     for label, ckpt in labelled.items():
@@ -110,6 +119,12 @@ def run_demo(
             })
     av_rows = _audio_visual_rows(checkpoints, [n for n in methods if n in AUDIO_VISUAL], out, common,
                                  train_time)
+    console.rule(f"4/4  fine-tune the video encoder with 10% and 100% of the training labels, from {methods[0]} and "
+                 "from random init (its 100% run: the supervised upper bound)")
+    t0 = time.perf_counter()
+    ft_rows = _finetune_rows(methods[0], checkpoints[methods[0]], checkpoints["supervised"], train_time["supervised"],
+                             out, common)
+    t_finetune = time.perf_counter() - t0
     total = time.perf_counter() - t_start
     title = (f"avssl demo: {classes} classes, {len(report.get('rows', [])) or classes * per_class} videos "
              f"(synth {t_synth:.0f} s, prep {t_prep:.0f} s), total wall time {total / 60:.1f} min")
@@ -117,11 +132,51 @@ def run_demo(
     if av_rows:
         print_results_table(av_rows, title="audio-visual methods: audio encoder (5-fold linear probe on all videos) and "
                             "video→audio retrieval among the held-out videos", console=console)
-    write_results_json(rows + av_rows, os.path.join(out, "results.json"),
-                       meta={"wall_time_s": total, "synth_s": t_synth, "prep_s": t_prep, "classes": classes,
-                             "per_class": per_class, "seed": seed})
+    print_results_table(ft_rows, title=_table_title(ft_rows), console=console)
+    write_results_json(rows + av_rows + ft_rows, os.path.join(out, "results.json"),
+                       meta={"wall_time_s": total, "synth_s": t_synth, "prep_s": t_prep, "finetune_s": t_finetune,
+                             "classes": classes, "per_class": per_class, "seed": seed})
     console.print(f"results: {os.path.join(out, 'results.json')}; plots: {plots}/ and {out}/runs/*/training_curves.png")
-    return rows + av_rows
+    return rows + av_rows + ft_rows
+
+
+def _finetune_rows(pretrained: str, checkpoint: str, scratch: str, scratch_s: float, out: str,
+                   common: List[str]) -> List[Dict[str, Any]]:
+    """The video encoder fine-tuned end to end with each share of :data:`FINETUNE_LABELS`, tested on the held-out
+    videos: from ``pretrained``'s ``checkpoint`` with the fine-tuning recipe (``finetune_tiny.yaml``: classifier
+    warm-up for a quarter of the epochs, encoder at a tenth of the learning rate), and from random init with the
+    from-scratch recipe (``supervised_tiny.yaml``), whose run with all the labels is the supervised upper bound
+    already trained (``scratch``, in ``scratch_s`` seconds)."""
+    from avssl.data.datamodule import make_dataset
+    from avssl.engine import with_overrides
+    from avssl.eval.finetune import finetune_and_evaluate
+    from avssl.eval.testing import checkpoint_test
+
+    rows: List[Dict[str, Any]] = []
+    for fraction, epoch_factor in FINETUNE_LABELS:
+        for label, config, ckpt in ((pretrained, "finetune_tiny.yaml", checkpoint),
+                                    ("random init", "supervised_tiny.yaml", None)):
+            run = f"finetune_{'random' if ckpt is None else pretrained}_{round(100 * fraction)}pct"
+            cfg = _config(config, [*common, f"output_dir={os.path.join(out, 'runs', run)}",
+                                   f"data.label_fraction={fraction}"])
+            videos = len(make_dataset(cfg, "train", train=True, needs_audio=False))
+            epochs = cfg.trainer.max_epochs * epoch_factor
+            t0 = time.perf_counter()
+            if ckpt is None and fraction == 1.0:
+                r = checkpoint_test(cfg, scratch, name=label)
+                train_s = scratch_s + time.perf_counter() - t0
+            else:
+                # Validation once, at the end (the held-out test follows); a batch no larger than the labelled videos.
+                cfg = with_overrides(cfg, **{
+                    "trainer.max_epochs": epochs, "trainer.check_val_every_n_epoch": epochs,
+                    "method.classifier_warmup_epochs": epochs // 4 if ckpt else 0,
+                    "data.batch_size": min(cfg.data.batch_size, videos)})
+                r = finetune_and_evaluate(cfg, ckpt, name=label)
+                train_s = time.perf_counter() - t0
+            rows.append({"init": label, "labels": f"{round(100 * fraction)}% ({videos} videos)",
+                         "video_top1": r["video_top1"], "mean_class_acc": r["mean_class_accuracy"],
+                         "epochs": epochs, "config": config, "train_s": round(train_s, 1)})
+    return rows
 
 
 def check_methods(methods: Sequence[str]) -> None:
@@ -258,14 +313,19 @@ def run_seeds(seeds: Sequence[int] = (0,), out: str = "demo_out", page: Optional
 
 
 def _result_kinds(rows: Sequence[Mapping[str, Any]]) -> List[List[Mapping[str, Any]]]:
-    """The rows in one group per table: the encoders' probes, then the audio-visual rows (audio probe and
-    retrieval); empty groups left out."""
+    """The rows in one group per table: the encoders' probes, the audio-visual rows (audio probe and
+    retrieval), then the fine-tuning rows; empty groups left out."""
     av = [r for r in rows if "audio_folds_top1" in r]
-    return [g for g in ([r for r in rows if "audio_folds_top1" not in r], av) if g]
+    ft = [r for r in rows if "labels" in r]
+    probes = [r for r in rows if "audio_folds_top1" not in r and "labels" not in r]
+    return [g for g in (probes, av, ft) if g]
 
 
 def _table_title(rows: Sequence[Mapping[str, Any]]) -> str:
     keys = {k for r in rows for k in r}
+    if "labels" in keys:
+        return ("video encoder fine-tuned end to end with 10% / 100% of the training labels, tested on the held-out "
+                "videos")
     if "audio_folds_top1" in keys:
         return "audio-visual methods: audio encoder (5-fold linear probe on all videos), video→audio retrieval"
     if "video_top1" in keys:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
-from typing import Callable
+from typing import Callable, Tuple
 
 from avssl.errors import PathError
 from avssl.utils import check_writable_dir
@@ -45,6 +45,14 @@ def float_in(low: float, high: float = float("inf"), low_open: bool = False, hig
 POSITIVE_INT = int_at_least(1)
 NON_NEGATIVE_INT = int_at_least(0)
 POSITIVE_FLOAT = float_in(0.0, low_open=True)
+
+
+def views(text: str) -> Tuple[int, int]:
+    """``KxS``: K uniformly spaced clips × S spatial crops per video (S = 1 or 3), e.g. ``10x3``."""
+    clips, sep, crops = text.lower().partition("x")
+    if not sep or not clips.isdigit() or not crops.isdigit() or int(clips) < 1 or int(crops) not in (1, 3):
+        raise argparse.ArgumentTypeError(f"expected CLIPSxCROPS with CLIPS >= 1 and CROPS 1 or 3 (e.g. 10x3), got {text!r}")
+    return int(clips), int(crops)
 
 
 def existing_file(text: str) -> str:

@@ -42,8 +42,10 @@ Output layout of :func:`synthesize` in ``OUT_DIR``::
                                     {youtube_id}_{start:06d}_{end:06d}.mp4, a file here is
                                     {video_id}.mp4 (a full-length video; readers fall back to it).
     splits/classInd.txt             UCF-101 format: "1 blink" (1-based label, class name)
-    splits/trainlist01.txt          "blink/blink_0000.mp4 1" (path relative to videos/, 1-based label)
-    splits/testlist01.txt           "blink/blink_0003.mp4" (the val videos)
+    splits/trainlist0K.txt          "blink/blink_0000.mp4 1" (path relative to videos/, 1-based label)
+    splits/testlist0K.txt           "blink/blink_0003.mp4": three splits (K = 1, 2, 3) as UCF-101 has;
+                                    split 1 holds out the val videos, split K the same number of
+                                    each class's videos just before split K-1's (wrapping around)
     classes.txt                     one class name per line, in label order
     metadata.json                   arguments, classes and, per video: class, label, split, seed,
                                     has_audio, nuisances, the main object's true trajectory and the
@@ -860,22 +862,30 @@ def _side_files(meta: Dict[str, Any], seconds: float) -> Dict[str, str]:
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(["label", "youtube_id", "time_start", "time_end", "split"])
-    train, test = [], []
-    for e in meta["videos"].values():
+    videos = list(meta["videos"].values())
+    for e in videos:
         w.writerow([e["class"], e["video_id"], 0, f"{seconds:g}", e["split"]])
-        rel = f"{e['class']}/{e['video_id']}.mp4"
-        if e["split"] == "train":
-            train.append(f"{rel} {e['label'] + 1}\n")
-        else:
-            test.append(f"{rel}\n")
     names = [c["name"] for c in meta["classes"]]
-    return {
+    files = {
         "annotations.csv": buf.getvalue(),
         "classes.txt": "".join(f"{n}\n" for n in names),
         os.path.join("splits", "classInd.txt"): "".join(f"{k + 1} {n}\n" for k, n in enumerate(names)),
-        os.path.join("splits", "trainlist01.txt"): "".join(train),
-        os.path.join("splits", "testlist01.txt"): "".join(test),
     }
+    per_class = meta["args"]["per_class"]
+    n_val = sum(e["label"] == 0 and e["split"] == "val" for e in videos)
+    for k in range(3):
+        # Split 1 holds out the last n_val videos of each class (the val split); each next split the n_val before.
+        held_out = {(per_class - n_val * (k + 1) + j) % per_class for j in range(n_val)}
+        train, test = [], []
+        for e in videos:
+            rel = f"{e['class']}/{e['video_id']}.mp4"
+            if e["index"] in held_out:
+                test.append(f"{rel}\n")
+            else:
+                train.append(f"{rel} {e['label'] + 1}\n")
+        files[os.path.join("splits", f"trainlist{k + 1:02d}.txt")] = "".join(train)
+        files[os.path.join("splits", f"testlist{k + 1:02d}.txt")] = "".join(test)
+    return files
 
 
 def _pool_context() -> Any:

@@ -71,6 +71,11 @@ def make_image_dataset(cfg: Any, part: str, train: bool) -> Any:
     from avssl.data.images import DigitsDataset, ImageFolderDataset, VideoFramesDataset
 
     d = cfg.data
+    if d.label_fraction < 1.0:
+        from avssl.config import ConfigError
+
+        raise ConfigError("data.label_fraction applies to video data (data.kind: video), not to images; "
+                          "leave it at 1.0")
     if train:
         recipe = d.augment or default_augment(cfg)
         try:
@@ -147,7 +152,9 @@ def make_dataset(cfg: Any, part: str, train: bool, needs_audio: bool) -> Any:
 
     ``train=True`` gives random clips with training augmentation; ``train=False`` gives the test views
     (``data.test_clips`` uniform clips × ``data.test_crops`` crops) — also used on the train part to
-    extract features for linear probes and kNN.
+    extract features for linear probes and kNN. ``data.label_fraction`` < 1 keeps that class-balanced, seeded
+    share of the train part's videos (:func:`~avssl.data.datasets.label_subset`); ``data.fold`` picks the
+    official split of a folder of UCF-101/HMDB-51 split files.
     """
     d = cfg.data
     if part not in ("train", "val"):
@@ -158,10 +165,17 @@ def make_dataset(cfg: Any, part: str, train: bool, needs_audio: bool) -> Any:
         raise ValueError(f"data.kind must be 'video' or 'image', got {d.kind!r}")
     src = _source(d, part, "a manifest.csv, a folder tree, a Kinetics CSV or a split file")
     wanted_split = d.train_split if part == "train" else d.val_split
+    source: Any = src
+    if part == "train" and d.label_fraction < 1.0:
+        from avssl.data.datasets import label_subset, select_rows
+
+        source = label_subset(select_rows(src, d.video_root, wanted_split or None, fold=d.fold), d.label_fraction,
+                              seed=cfg.seed)
     return VideoDataset(
-        src,
+        source,
         video_root=d.video_root,
         split=wanted_split or None,
+        fold=d.fold,
         num_frames=d.num_frames,
         clip_duration=d.num_frames / d.fps,
         sampling="random" if train else "uniform",
@@ -398,3 +412,18 @@ class ShardedIterable(IterableDataset):
         wid, nw = (info.id, info.num_workers) if info is not None else (0, 1)
         for i in self.shard_indices(wid, nw):
             yield self.dataset[i]
+
+
+def item_names(ds: Any) -> List[str]:
+    """One name per item of a dataset :func:`make_dataset` builds, for files of per-item results: a video's path,
+    an image file's path, the video a frame was taken from, or ``<Dataset>[i]`` for images held in memory."""
+    rows = getattr(ds, "rows", None)
+    video_of = getattr(ds, "video_of", None)
+    if rows is not None and video_of is not None:  # frames of videos
+        return [rows[int(v)].path for v in video_of]
+    if rows is not None:
+        return [r.path for r in rows]
+    samples = getattr(ds, "samples", None)
+    if samples is not None:
+        return [path for path, _ in samples]
+    return [f"{type(ds).__name__}[{i}]" for i in range(len(ds))]

@@ -46,10 +46,12 @@ log = logging.getLogger(__name__)
 Transform = Callable[[torch.Tensor], Union[torch.Tensor, List[torch.Tensor]]]
 
 
-def load_rows(source: Union[str, os.PathLike], video_root: Optional[str] = None) -> Sequence[ManifestRow]:
+def load_rows(source: Union[str, os.PathLike], video_root: Optional[str] = None,
+              fold: int = 1) -> Sequence[ManifestRow]:
     """Rows of any supported corpus description, recognised by what ``source`` is.
 
-    * a directory: a folder-per-class tree, or a folder of UCF-101/HMDB-51 split files (fold 1);
+    * a directory: a folder-per-class tree, or a folder of UCF-101/HMDB-51 split files (official split
+      ``fold``);
     * a ``.csv`` whose header has ``youtube_id``: a Kinetics annotation file (videos under
       ``video_root``, default the CSV's folder); any other ``.csv``: an ``avssl prep`` manifest, read into
       a :class:`~avssl.data.manifest_table.ManifestTable`;
@@ -59,7 +61,7 @@ def load_rows(source: Union[str, os.PathLike], video_root: Optional[str] = None)
     if os.path.isdir(path):
         names = [n for n in os.listdir(path) if not n.startswith(".")]
         if names and all(n.endswith(".txt") for n in names):  # a folder of UCF/HMDB split files
-            return _manifest.read_ucf_hmdb_splits(path, video_root or os.path.dirname(os.path.abspath(path)))
+            return _manifest.read_ucf_hmdb_splits(path, video_root or os.path.dirname(os.path.abspath(path)), fold=fold)
         return _manifest.scan_folder(path)
     if not os.path.exists(path):
         raise FileNotFoundError(f"dataset source not found: {path}")
@@ -77,9 +79,10 @@ def load_rows(source: Union[str, os.PathLike], video_root: Optional[str] = None)
     )
 
 
-def select_rows(source: Any, video_root: Optional[str] = None, split: Optional[str] = None) -> ManifestTable:
+def select_rows(source: Any, video_root: Optional[str] = None, split: Optional[str] = None,
+                fold: int = 1) -> ManifestTable:
     """The rows of ``source`` (a :class:`ManifestTable`, a list of rows, or anything :func:`load_rows`
-    reads) in ``split`` (None: all), as a table.
+    reads, a folder of split files for official split ``fold``) in ``split`` (None: all), as a table.
 
     Raises:
         DataError (a ``ValueError``) naming the source when nothing is left to read: it lists no
@@ -90,7 +93,7 @@ def select_rows(source: Any, video_root: Optional[str] = None, split: Optional[s
     elif isinstance(source, (list, tuple)):
         listed = list(source)
     else:
-        listed = load_rows(source, video_root=video_root)
+        listed = load_rows(source, video_root=video_root, fold=fold)
     where = "the given rows" if isinstance(source, (list, tuple, ManifestTable)) else os.fspath(source)
     if not len(listed):
         raise DataError(_nothing_listed(where, getattr(listed, "missing", None)))
@@ -105,6 +108,30 @@ def select_rows(source: Any, video_root: Optional[str] = None, split: Optional[s
         raise DataError(f"none of the {len(rows)} videos listed in {where} exists (first: {rows[0].path}); check "
                         "the paths (relative ones are read from the manifest's folder) or data.video_root")
     return rows
+
+
+def label_subset(rows: Sequence[ManifestRow], fraction: float, seed: int = 0) -> List[ManifestRow]:
+    """A class-balanced, seeded subset of the labelled ``rows``: ``max(1, round(fraction · n_c))`` of the n_c
+    videos of each class c, in the rows' order (unlabelled rows are left out).
+
+    Each class's videos are ranked by a permutation drawn from (``seed``, class name) and the first ones kept, so
+    a smaller fraction keeps a subset of a larger one's, and a class's choice does not depend on the others.
+    """
+    import zlib
+
+    if not 0.0 < fraction <= 1.0:
+        raise ValueError(f"fraction must be in (0, 1], got {fraction!r}")
+    by_class: Dict[str, List[int]] = {}
+    for i, r in enumerate(rows):
+        if r.label_index >= 0:
+            by_class.setdefault(r.label, []).append(i)
+    keep: set = set()
+    for name, members in by_class.items():
+        g = torch.Generator().manual_seed(int(seed) * 1_000_003 + zlib.crc32(name.encode("utf-8")))
+        order = torch.randperm(len(members), generator=g).tolist()
+        n = max(1, int(round(fraction * len(members))))
+        keep.update(members[j] for j in order[:n])
+    return [r for i, r in enumerate(rows) if i in keep]
 
 
 def _nothing_listed(where: str, missing: Optional[List[Any]]) -> str:
@@ -198,6 +225,7 @@ class VideoDataset(Dataset):
 
     Sound comes from the row's ``audio_path`` (the WAV ``avssl prep`` extracted) when it has one, and
     from the video's own track otherwise (or when that file is missing, with a warning).
+        fold: the official split (1-3) read from a folder of UCF-101/HMDB-51 split files.
     """
 
     def __init__(
@@ -223,12 +251,13 @@ class VideoDataset(Dataset):
         backend: str = "auto",
         seed: int = 0,
         probe_cache: int = 4096,
+        fold: int = 1,
     ) -> None:
         if sampling not in ("random", "uniform"):
             raise ValueError(f"sampling must be 'random' or 'uniform', got {sampling!r}")
         if num_clips < 1:
             raise ValueError(f"num_clips must be >= 1, got {num_clips}")
-        rows = select_rows(source, video_root, split)
+        rows = select_rows(source, video_root, split, fold=fold)
         self.rows: ManifestTable = rows
         self.num_frames = num_frames
         self.clip_duration = clip_duration if clip_duration is not None else num_frames / 16.0

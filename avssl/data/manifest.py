@@ -514,6 +514,32 @@ def _split_files(path: str, fold: int) -> Tuple[str, List[str]]:
     )
 
 
+def fold_path(path: PathLike, fold: int) -> str:
+    """The official split ``fold``'s counterpart of a UCF-101/HMDB-51 split file (``trainlist01.txt`` ->
+    ``trainlist03.txt``, ``brush_hair_test_split1.txt`` -> ``brush_hair_test_split3.txt``), or a folder of split
+    files itself, once it is checked to hold that split's files.
+
+    Raises FileNotFoundError when the file or the folder's files of split ``fold`` do not exist, ValueError when
+    ``path`` is not a split file."""
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        _split_files(path, fold)
+        return path
+    folder, name = os.path.split(path)
+    ucf, hmdb = _UCF_RE.match(name), _HMDB_RE.match(name)
+    if ucf:
+        name = f"{name[:ucf.start(2)]}{fold:0{len(ucf.group(2))}d}{name[ucf.end(2):]}"
+    elif hmdb:
+        name = f"{name[:hmdb.start(2)]}{fold}{name[hmdb.end(2):]}"
+    else:
+        raise ValueError(f"{path}: not a UCF-101 (trainlistNN.txt/testlistNN.txt) or HMDB-51 ({{class}}_test_splitN.txt) "
+                         "split file, nor a folder of them")
+    out = os.path.join(folder, name)
+    if not os.path.isfile(out):
+        raise FileNotFoundError(f"split file not found: {out} (split {fold} of {path})")
+    return out
+
+
 def _read_lines(path: str) -> List[Tuple[int, List[str]]]:
     with open(path, encoding="utf-8") as f:
         return [(i + 1, ln.split()) for i, ln in enumerate(f) if ln.strip()]
@@ -598,6 +624,7 @@ def read_ucf_hmdb_splits(
 
 __all__ = [
     "COLUMNS",
+    "fold_path",
     "VIDEO_EXTENSIONS",
     "ManifestError",
     "ManifestRow",

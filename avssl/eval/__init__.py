@@ -1,7 +1,7 @@
 """Evaluation of frozen or fine-tuned encoders: protocols, metrics, feature extraction, kNN, linear probes, reports.
 
 :func:`evaluate` runs protocols of the registry :data:`PROTOCOLS` (``linear``, ``knn``, ``folds``,
-``layerwise``, ``finetune``, ``retrieval``) and returns their rows. Figures live in :mod:`avssl.eval.plots`
+``layerwise``, ``finetune``, ``retrieval``, ``test``) and returns their rows. Figures live in :mod:`avssl.eval.plots`
 (imported on demand: it needs matplotlib).
 """
 from avssl.eval.features import extract_dataset, extract_features, load_features, pool_stage, save_features

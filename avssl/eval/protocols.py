@@ -8,9 +8,11 @@ protocol        what it measures
 ``folds``       ESC-50's shape: every video of both parts in 5 stratified folds, a probe per held-out fold
 ``layerwise``   a linear probe per stage of ``eval.stages`` (rows ``linear@<stage>``)
 ``finetune``    the encoder and a classifier trained end to end (the config's supervised method), then
-                multi-view testing on the val part
+                multi-view testing on the val part (as ``test``)
 ``retrieval``   video→audio and audio→video recall@k among the val videos, in an audio-visual method's
                 joint space
+``test``        a fine-tuned classifier's multi-view test on the val part (``avssl test``): per-video
+                predictions (CSV) and the confusion matrix (PNG) in the output folder
 =============== =========================================================================================
 
 A protocol is a function ``(cfg, checkpoint, **opts) -> list of rows`` registered in :data:`PROTOCOLS`
@@ -231,7 +233,7 @@ def finetune(cfg: Any, checkpoint: Optional[str], **opts: Any) -> List[Row]:
     """Fine-tuning with the config's supervised method from ``checkpoint``, then multi-view testing."""
     from avssl.eval.finetune import finetune_and_evaluate
 
-    return [finetune_and_evaluate(cfg, checkpoint, name=opts.get("name"))]
+    return [finetune_and_evaluate(cfg, checkpoint, name=opts.get("name"), out_dir=opts.get("out_dir"))]
 
 
 @PROTOCOLS.register("retrieval")
@@ -244,8 +246,19 @@ def retrieval(cfg: Any, checkpoint: Optional[str], **opts: Any) -> List[Row]:
     return [{"encoder": opts.get("name") or encoder_name(checkpoint), "protocol": "retrieval", **r}]
 
 
+@PROTOCOLS.register("test")
+def multiview(cfg: Any, checkpoint: Optional[str], **opts: Any) -> List[Row]:
+    """Multi-view test of the fine-tuned classifier of ``checkpoint`` on the val part (``data.test_clips`` ×
+    ``data.test_crops`` views); with ``out_dir``, per-video predictions and the confusion matrix go there."""
+    from avssl.eval.testing import checkpoint_test
+
+    _check_checkpoint("test", checkpoint)
+    assert checkpoint is not None
+    return [checkpoint_test(cfg, checkpoint, out_dir=opts.get("out_dir"), name=opts.get("name"))]
+
+
 #: Protocols that evaluate a trained model only (no random-init baseline), and what it must be.
-NEEDS_CHECKPOINT = {"retrieval": "an audio-visual method"}
+NEEDS_CHECKPOINT = {"retrieval": "an audio-visual method", "test": "a fine-tuned model (avssl finetune)"}
 
 
 def _check_checkpoint(protocol: str, checkpoint: Optional[str]) -> None:
@@ -269,7 +282,8 @@ def evaluate(
 
     ``modality`` (default ``eval.modality``) picks the encoder the frozen-feature protocols evaluate; ``name``
     the encoder's name in the rows. When ``eval.stages`` names several stages, the ``layerwise`` rows follow.
-    With ``plot`` and ``out_dir``, a 2-D map of the held-out features is saved there (PNG).
+    Protocols that write files (``test``) write them into ``out_dir``. With ``plot`` and ``out_dir``, a 2-D map of
+    the held-out features is saved there (PNG).
     """
     protocols = list(cfg.eval.protocols if protocols is None else protocols)
     if len(list(cfg.eval.stages)) > 1 and "layerwise" not in protocols:
@@ -281,7 +295,8 @@ def evaluate(
     shared = FrozenFeatures(cfg, checkpoint, modality=modality, name=name, progress=progress)
     rows: List[Row] = []
     for run in runs:
-        rows += run(cfg, checkpoint, features=shared, modality=shared.modality, name=name, progress=progress)
+        rows += run(cfg, checkpoint, features=shared, modality=shared.modality, name=name, progress=progress,
+                    out_dir=out_dir)
     if plot and out_dir and shared.extracted:
         from avssl.eval.plots import plot_embedding
 
@@ -297,5 +312,4 @@ def evaluate(
 
 
 __all__ = ["PROTOCOLS", "FrozenFeatures", "available_protocols", "encoder_from", "eval_device", "eval_loader",
-           "evaluate", "folds",
-           "finetune", "knn", "layerwise", "linear", "retrieval"]
+           "evaluate", "folds", "finetune", "knn", "layerwise", "linear", "multiview", "retrieval"]

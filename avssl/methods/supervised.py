@@ -3,13 +3,21 @@
 Fine-tuning starts from pretrained weights (``init_checkpoint``: an avssl checkpoint, a weights file of any
 format :func:`avssl.models.load_weights` reads, or ``FORMAT:PATH``), trains only the classifier for
 ``classifier_warmup_epochs`` (so a random head does not wreck the pretrained features), then everything.
-Validation averages the softmax over the test views of each video (multi-view testing).
+
+During the warm-up the encoder is held fixed without touching ``requires_grad`` (which DDP, having wrapped the
+model with ``find_unused_parameters=False``, would trip over): its gradients are dropped after they are averaged
+across processes and before the optimiser step, so the optimiser skips its parameters altogether (no update, no
+weight decay, no momentum or Adam state), and it runs in eval mode, so its BatchNorm statistics stay too.
+
+Validation scores every test view (``data.test_clips`` × ``data.test_crops``), gathers them across processes and
+computes video-level metrics with :func:`avssl.eval.metrics.clip_and_video_metrics` (views aggregated by
+``eval.aggregation``, ties counted against the true label): the numbers ``avssl test`` gives on the same views.
 """
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -67,18 +75,35 @@ class Supervised(SingleEncoderMethod):
         from avssl.models.heads import ClassificationHead
 
         self.classifier = ClassificationHead(self.encoder.out_dim, cfg.num_classes, dropout=m.dropout)
+        self._val_views: List[Tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []  # (logits, labels, index) per batch
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: B×C×T×H×W (video), B×1×F×T' (audio) or B×C×H×W (image) -> B×num_classes logits."""
         return self.classifier(self.encoder(x))
 
-    def on_train_epoch_start(self) -> None:
-        frozen = self.current_epoch < self.cfg.method.classifier_warmup_epochs
-        for p in self.encoder.parameters():
-            p.requires_grad_(not frozen)
-        # Frozen BN statistics during the classifier warm-up, as in linear evaluation.
-        self.encoder.train(not frozen)
+    # -- classifier warm-up ------------------------------------------------------------------------
+    @property
+    def warming_up(self) -> bool:
+        """Whether the current epoch trains the classifier only (``method.classifier_warmup_epochs``)."""
+        return self._trainer is not None and self.current_epoch < self.cfg.method.classifier_warmup_epochs
 
+    def on_train_epoch_start(self) -> None:
+        self.train(self.training)  # (re)applies the encoder's mode for this epoch
+
+    def train(self, mode: bool = True) -> "Supervised":
+        super().train(mode)
+        if mode and self.warming_up:
+            self.encoder.eval()  # BatchNorm statistics held during the warm-up, as in linear evaluation
+        return self
+
+    def on_before_optimizer_step(self, optimizer: Any) -> None:
+        if self.warming_up:
+            # After DDP has averaged them (every process drops the same), before the step: a parameter without a
+            # gradient is skipped by the optimiser entirely.
+            for p in self.encoder.parameters():
+                p.grad = None
+
+    # -- training and validation -------------------------------------------------------------------
     def compute_loss(self, batch: Dict[str, Any]) -> Dict[str, torch.Tensor]:
         x, views = flatten_views(batch[self.modality], self.modality)
         labels = batch["label"].repeat_interleave(views)
@@ -87,13 +112,27 @@ class Supervised(SingleEncoderMethod):
         acc = (logits.argmax(1) == labels).float().mean()
         return {"loss": loss, "top1": acc}
 
+    def on_validation_epoch_start(self) -> None:
+        self._val_views = []
+
     def validation_step(self, batch: Dict[str, Any], batch_idx: int) -> None:
         x, views = flatten_views(batch[self.modality], self.modality)
-        probs = self(x).float().softmax(1)
-        probs = probs.view(-1, views, probs.shape[1]).mean(1)  # multi-view: mean of softmax
-        labels = batch["label"]
-        top1 = (probs.argmax(1) == labels).float().mean()
-        k = min(5, probs.shape[1])
-        top5 = (probs.topk(k, dim=1).indices == labels[:, None]).any(1).float().mean()
-        self.log("val/top1", top1, prog_bar=True, sync_dist=True, batch_size=labels.shape[0])
-        self.log("val/top5", top5, sync_dist=True, batch_size=labels.shape[0])
+        self._val_views.append((self(x).float(), batch["label"].repeat_interleave(views),
+                                batch["index"].repeat_interleave(views)))
+
+    def on_validation_epoch_end(self) -> None:
+        from avssl.eval.metrics import clip_and_video_metrics
+
+        if not self._val_views:
+            return
+        scores, labels, index = (torch.cat(parts) for parts in zip(*self._val_views))
+        self._val_views = []
+        if self.trainer.world_size > 1:
+            # Every process holds as many views (the sampler pads by repeating videos, whose views then merge into
+            # the same video's scores), so the gathered tensors stack; every process computes the same metrics.
+            scores, labels, index = (t.flatten(0, 1) for t in self.all_gather((scores, labels, index)))
+        m = clip_and_video_metrics(scores, labels, index, num_classes=scores.shape[1], mode=self.cfg.eval.aggregation)
+        for key, name in (("video_top1", "top1"), ("video_top5", "top5"),
+                          ("mean_class_accuracy", "mean_class_accuracy"), ("clip_top1", "clip_top1")):
+            # sync_dist: a mean of equal values, so Lightning knows the metric is global.
+            self.log(f"val/{name}", m[key], prog_bar=name == "top1", sync_dist=True)
