@@ -73,32 +73,3 @@ def synth_corpus(tmp_path_factory):
     return out
 
 
-def tiny_overrides(corpus, out_dir, method="supervised", **extra):
-    """Config overrides for a seconds-long CPU run on ``synth_corpus``."""
-    o = {
-        "method.name": method,
-        "data.train": str(corpus / "annotations.csv"),
-        "data.video_root": str(corpus / "videos"),
-        "data.num_frames": 4,
-        "data.fps": 4.0,
-        "data.crop_size": 32,
-        "data.min_short_side": 36,
-        "data.max_short_side": 40,
-        "data.audio_seconds": 1.0,
-        "data.batch_size": 4,
-        "data.num_workers": 0,
-        "model.video.name": "r3d_tiny",
-        "model.video.kwargs": "{base_channels: 8}",
-        "model.audio": "{name: audio_conv_tiny, kwargs: {base_channels: 8}}",
-        "optim.name": "adamw",
-        "optim.lr": 0.003,
-        "trainer.max_epochs": 1,
-        "trainer.accelerator": "cpu",
-        "trainer.devices": 1,
-        "trainer.progress_bar": False,
-        "trainer.tensorboard": False,
-        "trainer.log_every_n_steps": 1,
-        "output_dir": str(out_dir),
-    }
-    o.update(extra)
-    return [f"{k}={v}" for k, v in o.items()]

@@ -2,7 +2,7 @@
 
 usage: python losses_ddp_worker.py RANK WORLD INIT_FILE OUT_DIR   (CPU, gloo; writes OUT_DIR/rank{RANK}.pt)
 
-``compute`` is shared with the single-process side of tests/test_losses_ddp.py, so both sides run the
+``compute`` is shared with the single-process side of tests/losses/test_losses_ddp.py, so both sides run the
 same code on the same numbers; only the batch split differs.
 """
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Memory-bank methods under DDP: one torchrun job (CPU, gloo) runs every scenario of tests/test_scale_ddp.py.
+"""Memory-bank methods under DDP: one torchrun job (CPU, gloo) runs every scenario of tests/engine/test_scale_ddp.py.
 
 usage: torchrun --nproc_per_node 2 scale_ddp_worker.py CORPUS OUT_DIR
 
@@ -27,7 +27,7 @@ import torch.distributed as dist
 from lightning.pytorch.callbacks import Callback
 
 sys.path.insert(0, os.path.dirname(__file__))
-from conftest import tiny_overrides  # noqa: E402
+from tiny import tiny_overrides  # noqa: E402
 
 from avssl.config import load_config  # noqa: E402
 

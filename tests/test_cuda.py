@@ -257,7 +257,7 @@ def test_a_bf16_channels_last_run_on_the_gpu_trains_logs_and_monitors(synth_corp
     import csv
     import glob
 
-    from conftest import tiny_overrides
+    from tiny import tiny_overrides
 
     from avssl.checkpoint import load_checkpoint
     from avssl.config import load_config

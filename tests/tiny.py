@@ -90,3 +90,34 @@ def tiny_batch(method: Any, b: int = 4, views: int = 2, seed: int = 0) -> Dict[s
 
 
 __all__ = ["ENCODERS", "SHAPES", "METHOD_KEYS", "tiny_config", "tiny_batch"]
+
+
+def tiny_overrides(corpus, out_dir, method="supervised", **extra):
+    """Command-line overrides (``key=value`` strings) for a seconds-long CPU run on the ``synth_corpus`` fixture."""
+    o = {
+        "method.name": method,
+        "data.train": str(corpus / "annotations.csv"),
+        "data.video_root": str(corpus / "videos"),
+        "data.num_frames": 4,
+        "data.fps": 4.0,
+        "data.crop_size": 32,
+        "data.min_short_side": 36,
+        "data.max_short_side": 40,
+        "data.audio_seconds": 1.0,
+        "data.batch_size": 4,
+        "data.num_workers": 0,
+        "model.video.name": "r3d_tiny",
+        "model.video.kwargs": "{base_channels: 8}",
+        "model.audio": "{name: audio_conv_tiny, kwargs: {base_channels: 8}}",
+        "optim.name": "adamw",
+        "optim.lr": 0.003,
+        "trainer.max_epochs": 1,
+        "trainer.accelerator": "cpu",
+        "trainer.devices": 1,
+        "trainer.progress_bar": False,
+        "trainer.tensorboard": False,
+        "trainer.log_every_n_steps": 1,
+        "output_dir": str(out_dir),
+    }
+    o.update(extra)
+    return [f"{k}={v}" for k, v in o.items()]

@@ -6,7 +6,7 @@ import json
 
 import pytest
 import torch
-from conftest import tiny_overrides
+from tiny import tiny_overrides
 
 from avssl.config import load_config
 from avssl.eval.features import amp_dtype_for

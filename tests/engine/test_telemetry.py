@@ -9,7 +9,7 @@ import os
 import pytest
 import torch
 import torch.nn as nn
-from conftest import tiny_overrides
+from tiny import tiny_overrides
 
 from avssl.config import load_config
 from avssl.engine.telemetry import KnnMonitor, Throughput

@@ -18,7 +18,7 @@ import media
 from avssl.data import DecodeError, probe, read_clip
 from avssl.data.prep import output_size, prepare
 
-HERE = os.path.dirname(os.path.abspath(__file__))
+HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # tests/: shared helpers and scripts
 ENV = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join([os.path.dirname(HERE), HERE]),
            COLUMNS="400")
 LIARS = {  # name: what probe says about it

@@ -318,7 +318,7 @@ def test_state_dict_round_trip_gives_the_same_loss(name, extra, keys):
 def test_byol_on_video_clips_resumes_exactly(synth_corpus, tmp_path):
     """Two clips of each video as positives, through the runner: a run stopped after epoch 1 and
     resumed ends with the same online and target weights as an uninterrupted run (τ schedule included)."""
-    from conftest import tiny_overrides
+    from tiny import tiny_overrides
 
     from avssl.config import load_config
     from avssl.engine import fit

@@ -25,7 +25,7 @@ def test_table_tells_agreement_from_single_space_neighbours_and_the_png_is_writt
 
 
 def test_figure_from_an_avid_cma_checkpoint(synth_corpus, tmp_path):
-    from conftest import tiny_overrides
+    from tiny import tiny_overrides
 
     from avssl.config import load_config
     from avssl.engine import fit

@@ -19,7 +19,7 @@ from avssl.data.prep import lock
 from avssl.data.prep.transcode import PART
 from avssl.data.manifest import read_manifest
 
-HERE = os.path.dirname(os.path.abspath(__file__))
+HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # tests/: shared helpers and scripts
 ENV = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.path.dirname(HERE), COLUMNS="400")
 
 

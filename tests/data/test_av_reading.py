@@ -335,7 +335,7 @@ def test_persistent_workers_read_each_epoch_with_that_epoch():
 def test_datamodule_loaders_have_persistent_workers(synth_corpus, tmp_path):
     from avssl.config import load_config
     from avssl.data.datamodule import VideoDataModule
-    from conftest import tiny_overrides
+    from tiny import tiny_overrides
 
     cfg = load_config(None, tiny_overrides(synth_corpus, tmp_path, **{"data.num_workers": 1}))
     dm = VideoDataModule(cfg)
@@ -381,7 +381,7 @@ def test_without_decord_a_config_asking_for_it_falls_back_with_one_warning(synth
                                                                            caplog):
     from avssl.config import load_config
     from avssl.data.datamodule import make_dataset
-    from conftest import tiny_overrides
+    from tiny import tiny_overrides
 
     cfg = load_config(None, tiny_overrides(synth_corpus, tmp_path, **{"data.backend": "decord"}))
     with caplog.at_level(logging.WARNING, logger="avssl.data.decoding"):

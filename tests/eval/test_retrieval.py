@@ -32,7 +32,7 @@ def test_random_embeddings_score_near_k_over_n():
 
 
 def test_retrieval_of_a_trained_audio_visual_checkpoint(synth_corpus, tmp_path):
-    from conftest import tiny_overrides
+    from tiny import tiny_overrides
 
     from avssl.config import load_config
     from avssl.eval.retrieval import retrieval_evaluate

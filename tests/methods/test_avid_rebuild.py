@@ -17,7 +17,7 @@ AVID = {"data.audio": True, "method.proj_hidden": 16, "method.proj_dim": 8, "met
 
 
 def _cfg(corpus, out, method="avid_cma", **extra):
-    from conftest import tiny_overrides
+    from tiny import tiny_overrides
 
     base = AVID if method == "avid_cma" else {k: v for k, v in AVID.items() if k != "method.num_negatives"}
     return load_config(overrides=tiny_overrides(corpus, out, method=method, **{**base, **extra}))

@@ -15,18 +15,18 @@ import torch
 
 from avssl.checkpoint import load_checkpoint
 
-sys.path.insert(0, os.path.dirname(__file__))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import losses_ddp_worker as worker  # noqa: E402
 
 WORLD = 2
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 @pytest.fixture(scope="module")
 def results(tmp_path_factory):
     out = tmp_path_factory.mktemp("ddp_losses")
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    script = os.path.join(os.path.dirname(__file__), "losses_ddp_worker.py")
+    script = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "losses_ddp_worker.py")
     procs = [subprocess.Popen([sys.executable, script, str(r), str(WORLD), str(out / "init"), str(out)],
                               cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
              for r in range(WORLD)]

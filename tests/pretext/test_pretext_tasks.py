@@ -339,7 +339,7 @@ def test_tracking_task_pairs_come_from_one_track():
 # -- training runs ---------------------------------------------------------------------------------
 @pytest.mark.parametrize("name,task", [("temporal_order", "{}"), ("jigsaw", "{num_permutations: 12}")])
 def test_task_trains_as_a_method(synth_corpus, tmp_path, name, task):
-    from conftest import tiny_overrides
+    from tiny import tiny_overrides
 
     from avssl.config import load_config
     from avssl.engine import fit, load_method
@@ -357,7 +357,7 @@ def test_task_trains_as_a_method(synth_corpus, tmp_path, name, task):
 def test_avid_cma_with_temporal_order_as_extra_objective(synth_corpus, tmp_path):
     import csv
 
-    from conftest import tiny_overrides
+    from tiny import tiny_overrides
 
     from avssl.config import load_config
     from avssl.engine import fit

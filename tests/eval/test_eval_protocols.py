@@ -6,13 +6,13 @@ import json
 import os
 
 import pytest
-from conftest import tiny_overrides
+from tiny import tiny_overrides
 
 from avssl.config import load_config
 from avssl.errors import UserError
 from avssl.eval import PROTOCOLS, available_protocols, evaluate
 
-CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "demo", "supervised_tiny.yaml")
+CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "configs", "demo", "supervised_tiny.yaml")
 
 
 def test_the_registry_holds_every_protocol_in_a_fixed_order():

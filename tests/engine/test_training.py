@@ -13,9 +13,9 @@ from avssl.checkpoint import load_checkpoint
 from avssl.config import load_config
 from avssl.errors import NonFiniteLossError
 from avssl.engine import fit, load_method
-from conftest import tiny_overrides
+from tiny import tiny_overrides
 
-HERE = os.path.dirname(__file__)
+HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # tests/: shared helpers and scripts
 
 
 def _weights(ckpt: str) -> dict:

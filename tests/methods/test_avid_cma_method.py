@@ -12,7 +12,7 @@ from avssl.config import build_config, load_config
 from avssl.losses.audiovisual import AVIDLoss, CMALoss
 from avssl.methods import build_method
 from avssl.engine import fit, load_method
-from conftest import tiny_overrides
+from tiny import tiny_overrides
 from tiny import tiny_config
 
 

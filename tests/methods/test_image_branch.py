@@ -11,7 +11,7 @@ from tiny import tiny_config
 from avssl.config import load_config
 from avssl.data.datamodule import make_dataset
 
-CONFIGS = os.path.join(os.path.dirname(os.path.dirname(__file__)), "configs")
+CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "configs")
 
 
 # The digits set with small images, a short CPU run and a quick probe (method sizes from tiny_config).

@@ -33,7 +33,7 @@ def test_cross_validated_probe_tests_every_sample_once_and_separates_blobs():
 
 
 def test_folds_protocol_on_audio_features_of_every_video(synth_corpus, tmp_path):
-    from conftest import tiny_overrides
+    from tiny import tiny_overrides
 
     from avssl.config import load_config
     from avssl.eval import evaluate

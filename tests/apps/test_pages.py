@@ -22,7 +22,7 @@ import torch
 
 from avssl.apps.cli import main
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _head(text: str) -> dict:

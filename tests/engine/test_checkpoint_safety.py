@@ -12,9 +12,9 @@ import torch
 from avssl.checkpoint import CheckpointError, CheckpointNotFoundError, load_checkpoint
 from avssl.config import load_config
 from avssl.engine import fit
-from conftest import tiny_overrides
+from tiny import tiny_overrides
 
-HERE = os.path.dirname(os.path.abspath(__file__))
+HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # tests/: shared helpers and scripts
 ROOT = os.path.dirname(HERE)
 CONFIG = os.path.join(ROOT, "configs", "demo", "supervised_tiny.yaml")
 

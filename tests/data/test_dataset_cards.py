@@ -12,7 +12,7 @@ import yaml
 from avssl.config import load_config
 from avssl.models import FORMATS, available_encoders
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CARDS = sorted(glob.glob(os.path.join(ROOT, "datasets", "*", "card.yaml")))
 
 

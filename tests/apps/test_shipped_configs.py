@@ -14,7 +14,7 @@ import pytest
 import avssl
 from avssl.config import ConfigError, load_config, resolve_config, shipped_config, shipped_configs
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_shipped_configs_are_found_from_any_folder(tmp_path, monkeypatch):

@@ -13,7 +13,7 @@ import torch
 
 from avssl.checkpoint import load_checkpoint
 
-HERE = os.path.dirname(__file__)
+HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # tests/: shared helpers and scripts
 sys.path.insert(0, HERE)
 import scale_ddp_worker as worker  # noqa: E402
 

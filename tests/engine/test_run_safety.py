@@ -19,10 +19,10 @@ from avssl.config import build_config, load_config, to_dict
 from avssl.engine import STOP_SIGNALS, TrainingInterrupted
 from avssl.errors import UserError
 from avssl.engine import fit, incompatible_keys
-from conftest import tiny_overrides
+from tiny import tiny_overrides
 from fault_cli import SignalAtStep
 
-HERE = os.path.dirname(os.path.abspath(__file__))
+HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # tests/: shared helpers and scripts
 ROOT = os.path.dirname(HERE)
 # Three epochs of 6 steps (24 training videos, batch 4), dropout on, the encoder frozen for the first epoch:
 # a resume that missed the RNG, the loader's place in the epoch or the per-epoch state would show.

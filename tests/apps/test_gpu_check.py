@@ -50,7 +50,7 @@ def test_make_gpu_check_stops_before_installing_anything_without_a_gpu(tmp_path)
 
     if shutil.which("make") is None:
         pytest.skip("make is not installed")
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     venv = tmp_path / "venv"
     t0 = time.monotonic()
     # PYTHON=false: were the venv built first, it would fail there, with another message

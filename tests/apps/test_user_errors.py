@@ -19,7 +19,7 @@ import pytest
 
 from avssl.apps.cli import main
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 # A valid config that fails nowhere before the data is read (the supervised method reads the data at
 # once for num_classes, so a data error comes before any training).

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import torch
-from conftest import tiny_overrides
+from tiny import tiny_overrides
 
 from avssl.config import load_config
 from avssl.methods.audio_clusters import kmeans
