@@ -11,7 +11,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 
 sys.path.insert(0, os.path.dirname(__file__))
-from conftest import tiny_overrides  # noqa: E402
+from tiny import tiny_overrides  # noqa: E402
 
 from avssl.config import load_config  # noqa: E402
 from avssl.engine import fit  # noqa: E402

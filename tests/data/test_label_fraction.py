@@ -12,7 +12,7 @@ from avssl.config import ConfigError, load_config
 from avssl.data.datamodule import make_dataset
 from avssl.data.datasets import label_subset
 from avssl.data.manifest import ManifestRow
-from conftest import tiny_overrides
+from tiny import tiny_overrides
 
 
 def _rows(counts):

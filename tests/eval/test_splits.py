@@ -16,9 +16,9 @@ from avssl.checkpoint import load_checkpoint
 from avssl.data.manifest import fold_path
 from avssl.eval.splits import summarise_splits
 from avssl.eval.testing import read_predictions
-from conftest import tiny_overrides
+from tiny import tiny_overrides
 
-HERE = os.path.dirname(os.path.abspath(__file__))
+HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # tests/: shared helpers and scripts
 CONFIG = os.path.join(os.path.dirname(HERE), "configs", "demo", "supervised_tiny.yaml")
 
 

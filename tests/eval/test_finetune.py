@@ -20,10 +20,10 @@ from avssl.apps.cli import main
 from avssl.checkpoint import load_checkpoint
 from avssl.config import load_config
 from avssl.engine import fit
-from conftest import tiny_overrides
+from tiny import tiny_overrides
 import ddp_warmup  # noqa: E402
 
-HERE = os.path.dirname(os.path.abspath(__file__))
+HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # tests/: shared helpers and scripts
 CONFIG = os.path.join(os.path.dirname(HERE), "configs", "demo", "supervised_tiny.yaml")
 
 
